@@ -1,0 +1,44 @@
+# building-twin-connector: developer entry points. `make help` lists them.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help venv kafka-jars lint test test-fast demo bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed; set PYTHON=python3.11")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)  ## create .venv and install the package with its dev tools
+
+kafka-jars: $(STAMP)  ## resolve the Kafka broker jars from Maven Central (skipped with KAFKA_BOOTSTRAP)
+	@if [ -n "$$KAFKA_BOOTSTRAP" ]; then echo "using the broker at $$KAFKA_BOOTSTRAP"; \
+	else $(BIN)/python -m connector.devbroker resolve >/dev/null; fi
+
+lint: $(STAMP)  ## ruff (lint + format check) and mypy --strict
+	$(BIN)/ruff check connector tests
+	$(BIN)/ruff format --check connector tests
+	$(BIN)/mypy
+
+test: lint kafka-jars  ## lint, type-check, then the whole suite against a real Kafka broker
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)  ## only the tests that need no Kafka broker
+	$(BIN)/python -m pytest -m 'not kafka'
+
+demo: $(STAMP)  ## (coming with the operations issue) broker + emulator + sample events + connector
+	@echo "make demo is not implemented yet; see README.md"; exit 3
+
+bench: $(STAMP)  ## (coming with the core pipeline) throughput, budget, latency and memory benchmarks
+	@echo "make bench is not implemented yet; see README.md"; exit 3
+
+clean:  ## remove the virtualenv and caches (keeps the Kafka jar cache in .cache/)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

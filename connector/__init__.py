@@ -1,0 +1,8 @@
+"""building-twin-connector: Kafka change events onboarded into building digital-twin platforms.
+
+The package is laid out in the order a record travels (see DESIGN.md §2):
+config → source → decode → window → ratelimit → auth → sinks → tracker, with deadletter,
+metrics, logs and errors beside them, and `app` wiring them together.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,331 @@
+"""Settings: one YAML file, environment overrides, validated once at start.
+
+Owns reading the config file, overlaying `CONNECTOR_<SECTION>__<KEY>` environment variables,
+reading secret files, and validating everything into small frozen sections. Every problem is
+reported at once, each with its key path and what to do (`ConfigError.problems`).
+
+Must not: print or log a secret (secrets are `SecretStr`, masked in every repr and in
+`Settings.summary()`), read anything but the config and secret files, or be re-read at run time.
+
+Environment overrides: the key path in upper case, sections joined by a double underscore,
+after the prefix `CONNECTOR_`, e.g. `CONNECTOR_KAFKA__BOOTSTRAP_SERVERS=broker:9092` or
+`CONNECTOR_SINK__RATE_LIMIT__REQUESTS=50`. Values are read as YAML scalars or flow lists
+(`CONNECTOR_KAFKA__TOPICS='[a, b]'`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from connector.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "ENV_PREFIX",
+    "KafkaSettings",
+    "LoggingSettings",
+    "MetricsSettings",
+    "RateLimitSettings",
+    "Settings",
+    "SinkSettings",
+    "WindowSettings",
+    "env_name",
+    "load_settings",
+]
+
+ENV_PREFIX = "CONNECTOR_"
+
+# Secret keys that may instead be given as `<key>_file` (a path whose content is the secret).
+SECRET_FILE_KEYS: tuple[tuple[str, ...], ...] = (
+    ("sink", "client_secret"),
+    ("kafka", "sasl_password"),
+)
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")) or value.endswith("://"):
+        raise ValueError("must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+class KafkaSettings(_Section):
+    """Where to read from, as whom, and where bad records go."""
+
+    bootstrap_servers: str = "localhost:9092"
+    group_id: str = "building-twin-connector"
+    topics: tuple[str, ...] = ("building-changes", "meter-changes")
+    dead_letter_topic: str = "building-twin-connector.dlq"
+    client_id: str = "building-twin-connector"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @field_validator("topics")
+    @classmethod
+    def _topics_not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or any(not t.strip() for t in value):
+            raise ValueError("needs at least one topic name, and no empty names")
+        return value
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and (
+            self.sasl_mechanism is None or not self.sasl_username or self.sasl_password is None
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism, "
+                "sasl_username and sasl_password (or sasl_password_file)"
+            )
+        return self
+
+
+class RateLimitSettings(_Section):
+    """The platform's request budget per credential: `requests` per rolling `per_seconds`."""
+
+    requests: PositiveInt = 100
+    per_seconds: PositiveFloat = 60.0
+
+
+class SinkSettings(_Section):
+    """The platform the records go to, and the credential used for it."""
+
+    type: Literal["buildingminds"] = "buildingminds"
+    base_url: str = "https://api.onbuildingminds.com/api/digitaltwinintegration"
+    token_url: str = (
+        "https://login.microsoftonline.com/buildingminds.onmicrosoft.com/oauth2/v2.0/token"  # noqa: S105 - a URL, not a password
+    )
+    client_id: str
+    client_secret: SecretStr
+    scope: str
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    request_timeout_seconds: PositiveFloat = 30.0
+    tls_verify: bool = True
+    ca_file: Path | None = None
+
+    @field_validator("base_url", "token_url")
+    @classmethod
+    def _urls(cls, value: str) -> str:
+        return _http_url(value)
+
+    @field_validator("client_id", "scope")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @property
+    def token_scope(self) -> str:
+        """The scope sent to the token endpoint: the client-credentials flow needs `/.default`."""
+        return self.scope if self.scope.endswith("/.default") else f"{self.scope}/.default"
+
+
+class WindowSettings(_Section):
+    """When a request closes: full (`max_records` / `max_request_bytes`) or old enough."""
+
+    max_records: Annotated[int, Field(gt=0, le=10_000)] = 500
+    max_wait_seconds: Annotated[float, Field(ge=0, le=3600)] = 1.0
+    max_request_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+
+
+class MetricsSettings(_Section):
+    """The HTTP port that serves /metrics, /healthz and /readyz (0 turns it off)."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - a container's metrics must be reachable from outside
+    port: Annotated[int, Field(ge=0, le=65535)] = 9108
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "text"] = "auto"
+
+
+class Settings(_Section):
+    """The whole configuration. Built only by `load_settings`."""
+
+    kafka: KafkaSettings = KafkaSettings()
+    sink: SinkSettings
+    window: WindowSettings = WindowSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    def summary(self) -> dict[str, Any]:
+        """The settings as plain data with every secret masked, for `check` and start-up logs."""
+        masked: dict[str, Any] = _mask(self.model_dump(mode="python"))
+        return masked
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return "**********" if value.get_secret_value() else ""
+    if isinstance(value, dict):
+        return {k: _mask(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_mask(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def env_name(path: tuple[str | int, ...]) -> str:
+    """The environment variable that overrides the key at `path`."""
+    return ENV_PREFIX + "__".join(str(p).upper() for p in path)
+
+
+def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, overlay and validate the configuration.
+
+    `path` may be None to configure from the environment alone. Raises `ConfigError` listing
+    every problem found; never returns a partly valid result.
+    """
+    environ = os.environ if environ is None else environ
+    problems: list[str] = []
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(path, problems)
+        if problems:  # what follows would only repeat "required" for every key
+            raise ConfigError(problems)
+    _overlay_environment(raw, environ, problems)
+    _read_secret_files(raw, problems)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_describe(err) for err in exc.errors())
+    else:
+        if not problems:
+            return settings
+    raise ConfigError(problems)
+
+
+def _read_yaml(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.append(f"{path}: cannot read the config file ({exc.strerror})")
+        return {}
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problems.append(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}")
+        return {}
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        problems.append(f"{path}: the top level must be a mapping of sections (kafka, sink, ...)")
+        return {}
+    return dict(data)
+
+
+def _overlay_environment(
+    raw: dict[str, Any], environ: Mapping[str, str], problems: list[str]
+) -> None:
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
+        if any(not k for k in keys):
+            problems.append(f"{name}: malformed variable name; join keys with '__'")
+            continue
+        try:
+            value = yaml.safe_load(environ[name]) if environ[name] else ""
+        except yaml.YAMLError:
+            value = environ[name]
+        if value is None:
+            value = ""
+        if isinstance(value, int | float) and not isinstance(value, bool) and _is_text(keys):
+            value = environ[name]  # an ID or a secret that happens to look like a number
+        node = raw
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                problems.append(f"{name}: '{key}' is not a section")
+                break
+            node = child
+        else:
+            node[keys[-1]] = value
+
+
+_TEXT_KEYS = {"client_id", "client_secret", "scope", "group_id", "sasl_password", "sasl_username"}
+
+
+def _is_text(keys: list[str]) -> bool:
+    return keys[-1] in _TEXT_KEYS
+
+
+def _read_secret_files(raw: dict[str, Any], problems: list[str]) -> None:
+    for *sections, key in SECRET_FILE_KEYS:
+        node: Any = raw
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or f"{key}_file" not in node:
+            continue
+        dotted = ".".join([*sections, key])
+        file_value = node.pop(f"{key}_file")
+        if key in node and node[key] not in (None, ""):
+            problems.append(f"{dotted}: set either {key} or {key}_file, not both")
+            continue
+        try:
+            node[key] = Path(str(file_value)).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            problems.append(f"{dotted}_file: cannot read {file_value} ({exc.strerror})")
+
+
+_FIELD_SETS: dict[str, type[BaseModel]] = {
+    "": Settings,
+    "kafka": KafkaSettings,
+    "sink": SinkSettings,
+    "sink.rate_limit": RateLimitSettings,
+    "window": WindowSettings,
+    "metrics": MetricsSettings,
+    "logging": LoggingSettings,
+}
+
+
+def _describe(err: Any) -> str:
+    loc = tuple(err["loc"])
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    kind = err["type"]
+    if kind == "missing":
+        hint = f"required: set it in the config file or in {env_name(loc)}"
+        if loc[-1] in {"client_secret", "sasl_password"}:
+            hint += f" (or {loc[-1]}_file / {env_name(loc)}_FILE)"
+        return f"{dotted}: {hint}"
+    if kind == "extra_forbidden":
+        parent = ".".join(str(p) for p in loc[:-1])
+        model = _FIELD_SETS.get(parent)
+        known = list(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        suggestion = f"; did you mean '{close[0]}'?" if close else ""
+        choices = f" (known keys: {', '.join(known)})" if known and not close else ""
+        return f"{dotted}: unknown key{suggestion}{choices}"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{dotted}: {message}"

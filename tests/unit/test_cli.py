@@ -1,0 +1,61 @@
+"""The command line as a user meets it: help, config errors, masked summaries."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+
+from connector.cli import EXIT_USAGE, main
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+SECRET = "cli-secret-Zq81-never-shown"
+
+
+def run(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_module_help_lists_every_command() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "connector", "--help"], capture_output=True, text=True, check=True
+    )
+    for command in ("run", "check", "emulate", "produce-sample"):
+        assert command in done.stdout
+
+
+def test_config_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONNECTOR_CONFIG", raising=False)
+    with pytest.raises(SystemExit) as caught:
+        run("check")
+    assert caught.value.code == 2
+
+
+def test_check_reports_all_problems_and_no_secret(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"sink: {{client_id: '', client_secret: {SECRET}, scope: s, token_url: nope}}\n"
+        "metrics: {port: 70000}\n"
+    )
+    code, out, err = run("check", "--config", str(path))
+    assert code == EXIT_USAGE
+    assert "configuration has 3 problems" in err
+    assert "sink.client_id: must not be empty" in err
+    assert "sink.token_url: must be an http:// or https:// URL" in err
+    assert "metrics.port: Input should be less than or equal to 65535" in err
+    assert SECRET not in out + err
+
+
+def test_check_prints_a_masked_summary(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"sink: {{client_id: c, client_secret: {SECRET}, scope: s}}\n")
+    _, out, err = run("check", "--config", str(path))
+    assert "client_secret: '**********'" in out
+    assert SECRET not in out + err
