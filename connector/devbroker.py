@@ -213,8 +213,9 @@ class LocalBroker(Broker):
         config = self._write_config()
         if not (self.data_dir / "logs" / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-            fmt = [*self._java(), "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                   "-c", str(config)]  # fmt: skip
+            # "=" form: a base64url ID may start with "-", which would read as an option
+            fmt = [*self._java(), "kafka.tools.StorageTool", "format",
+                   f"--cluster-id={cluster_id}", "-c", str(config)]  # fmt: skip
             done = subprocess.run(fmt, capture_output=True, text=True, check=False, timeout=120)
             if done.returncode != 0:
                 raise BrokerUnavailable(f"formatting the Kafka data dir failed:\n{done.stderr}")
