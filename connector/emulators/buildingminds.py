@@ -1,0 +1,724 @@
+"""An emulator of the BuildingMinds Digital Twin Integration API and its Entra ID token endpoint.
+
+Owns the HTTP surface of one emulated tenant on one server, behaving as the platform documents
+(`seeds/000_*`, `seeds/001_*`, `reference/building-apis.md` §1A, §5), not as the connector
+would like, plus the admin API and the command line. The rules live beside it: entities
+(`buildingminds_model`), batches and the entity store (`buildingminds_ingest`), credentials,
+tokens and the rate budget (`buildingminds_auth`), faults (`buildingminds_faults`), and the
+options and state that tie them together (`buildingminds_state`).
+
+Must not: reach the network beyond its own socket, read the wall clock for decisions (time
+comes from the injected `clock`), or start tasks of its own.
+
+URLs
+    POST /{tenant}/oauth2/v2.0/token                 Entra ID client credentials (any tenant)
+    POST /api/digitaltwinintegration/{entity}         JSON array of records (see ENTITIES)
+    GET  /api/digitaltwinintegration/batch            ?batchId&createdFrom&createdTo&createdAt
+                                                      &skip&limit (dates yyyy-mm-dd)
+    GET  /api/digitaltwinintegration/batch/{batchId}/inbound
+                                                      ?status&missingDependencies&skip&limit
+    GET  /_emulator/health | entities[?entity=] | requests[?limit=] | faults
+    POST /_emulator/faults {"profile": NAME, ...}  |  POST /_emulator/reset
+
+Responses (bodies are JSON)
+    token 200   {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599,
+                 "access_token": "<opaque>"}
+    token 400   {"error": "invalid_client", "error_description": "AADSTS7000215: ...\\r\\n
+                 Trace ID: ...", "error_codes": [7000215], "timestamp": "...", "trace_id":
+                 "...", "correlation_id": "...", "error_uri": "..."}; token-outage: 503 with
+                 error "temporarily_unavailable"
+    POST 200    {"batchId": "<uuid>"}
+    POST 400    {"error": "Request validation failed", "failedMessages": [{"message": <the
+                 record as sent>, "error": "<every problem, '; '-joined>"}, ...],
+                 "batchId": "<uuid of the batch of the valid records>" | null}
+                 A body that is not a non-empty JSON array: {"error": "Request validation
+                 failed"} alone. A bad query string adds "details".
+    GET /batch  {"message": "Success", "totalCount": N, "data": [{"batchId", "entity",
+                 "endpoint", "clientId", "createdAt", "recordCount", "statusCounts": {"New",
+                 "InProgress", "Completed", "Published", "FailedValidation"}}]}, newest first
+    inbound     {"message": "Success", "totalCount": N, "data": [{"batchId", "index",
+                 "entity", "externalId", "eventType", "status", "missingDependencies":
+                 [{"entity": "site", "id": "S-1"}], "message": str | null, "createdAt",
+                 "updatedAt"}]} in submission order; `missingDependencies=true` keeps records
+                 whose list is non-empty
+    errors      {"code": 401|403|404|405|413|429|5xx, "message": "..."}; 429 and injected
+                 503s carry Retry-After (whole seconds)
+
+Order of checks for an API request: fault profile, bearer token (401), rate budget (429, per
+client, every admitted API request counts, including failed ones), permission (403), route
+(404/405), body size (413), validation (400). Timestamps are ISO-8601 UTC, derived from the
+injected clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import signal
+import sys
+import time
+import uuid
+from datetime import date, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import orjson
+from aiohttp import web
+
+from connector.emulators.buildingminds_auth import (
+    DEMO_CLIENT,
+    Token,
+    TokenError,
+    basic_credentials,
+    load_clients,
+)
+from connector.emulators.buildingminds_faults import PROFILES, FaultSettings
+from connector.emulators.buildingminds_model import (
+    COMPLETED,
+    DOCUMENTED_STATUSES,
+    ENTITIES,
+    FAILED_VALIDATION,
+    IN_PROGRESS,
+    NEW,
+    PUBLISHED,
+)
+from connector.emulators.buildingminds_state import (
+    REQUEST_LOG_SIZE,
+    STATE_KEY,
+    EmulatorOptions,
+    EmulatorState,
+    LogEntry,
+)
+from connector.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from aiohttp.typedefs import Handler
+
+    from connector.emulators.buildingminds_faults import Fault
+    from connector.emulators.buildingminds_ingest import Batch, InboundRecord
+    from connector.emulators.buildingminds_model import EntitySpec
+
+__all__ = [
+    "API_PREFIX",
+    "DEFAULT_TENANT",
+    "STATE_KEY",
+    "EmulatorOptions",
+    "EmulatorState",
+    "add_cli_arguments",
+    "create_app",
+    "options_from_args",
+    "run_from_args",
+]
+
+API_PREFIX: Final = "/api/digitaltwinintegration"
+ADMIN_PREFIX: Final = "/_emulator"
+DEFAULT_TENANT: Final = "buildingminds.onmicrosoft.com"
+VALIDATION_FAILED: Final = "Request validation failed"
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+
+
+_ENTRY: Final = web.RequestKey("buildingminds_log_entry", LogEntry)
+
+
+# -- responses ------------------------------------------------------------------------------
+
+
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return _json({"code": status, "message": message}, status, headers)
+
+
+def _invalid(details: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": VALIDATION_FAILED}
+    if details is not None:
+        body["details"] = details
+    return _json(body, 400)
+
+
+def _retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+_REASONS = {
+    404: "Resource not found",
+    405: "Method not allowed",
+    413: "Request body too large",
+}
+
+
+async def _answer(handler: Handler, request: web.Request) -> web.StreamResponse:
+    """Run the handler; aiohttp's own errors (404, 405, 413) become the platform's JSON."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        message = _REASONS.get(exc.status, exc.reason)
+        if exc.status == 413:
+            limit = request.app[STATE_KEY].options.max_body_bytes
+            message = f"{message}: the limit is {limit} bytes"
+        return _error(exc.status, message, headers)
+
+
+# -- the front door: faults, auth, budget, permission, request log --------------------------
+
+
+@web.middleware
+async def _front_door(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    path = request.path
+    if path.startswith(ADMIN_PREFIX + "/"):
+        return await _answer(handler, request)
+    entry = LogEntry(state.clock(), request.method, path)
+    request[_ENTRY] = entry
+    state.requests.append(entry)
+    if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
+        response = await _api_gate(request, handler, state, entry)
+    else:
+        response = await _answer(handler, request)
+    if entry.fault != "reset":  # a dropped connection has no status
+        entry.status = response.status
+    return response
+
+
+async def _api_gate(
+    request: web.Request, handler: Handler, state: EmulatorState, entry: LogEntry
+) -> web.StreamResponse:
+    fault = state.faults.api_fault(state.clock())
+    if fault is not None:
+        entry.fault = fault.kind
+        injected = await _inject(fault, request)
+        if injected is not None:
+            return injected
+    now = state.now()
+    resolved = state.tokens.resolve(request.headers.get("Authorization"), now)
+    if isinstance(resolved, Token) and state.faults.token_revoked(resolved.serial, now):
+        resolved = "Access denied due to revoked access token. Request a new token."
+    if not isinstance(resolved, Token):
+        return _error(401, resolved, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    client = resolved.client
+    entry.client_id = client.client_id
+    wait = state.limiter.admit(client.client_id, now)
+    if wait is not None:
+        return _error(
+            429,
+            f"Rate limit is exceeded: {state.options.rate_limit_requests} requests per "
+            f"{state.options.rate_limit_seconds:g} seconds per credential. "
+            f"Try again in {math.ceil(wait)} seconds.",
+            _retry_after(wait),
+        )
+    endpoint = request.path[len(API_PREFIX) :].strip("/").split("/", 1)[0]
+    if (endpoint in ENTITIES or endpoint == "batch") and not client.permits(endpoint):
+        return _error(403, f"The credential has no access to /{endpoint}.")
+    return await _answer(handler, request)
+
+
+async def _inject(fault: Fault, request: web.Request) -> web.StreamResponse | None:
+    """Carry out an injected fault: the response to send instead, or None to go on."""
+    if fault.kind == "delay":
+        await anyio.sleep(fault.seconds)
+        return None
+    if fault.kind == "error":
+        # Injected 503s say when to come back, as a gateway in maintenance would.
+        headers = _retry_after(1) if fault.status == 503 else None
+        return _error(fault.status, "The service is temporarily unavailable.", headers)
+    if fault.kind == "reset":
+        # Drop the connection without an answer: the client sees a disconnect or reset.
+        # aiohttp discards the response returned for a transport that is gone.
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response(status=204)
+    if fault.kind == "hang":
+        await anyio.sleep(fault.seconds)
+        return _error(504, "The upstream service did not answer in time.")
+    return _error(429, "Rate limit is exceeded.", _retry_after(fault.seconds))
+
+
+# -- token endpoint -------------------------------------------------------------------------
+
+
+def _entra_error(state: EmulatorState, problem: TokenError) -> web.Response:
+    trace_id, correlation_id = str(uuid.uuid4()), str(uuid.uuid4())
+    # Entra's own timestamp format, e.g. "2024-05-01 12:00:00Z".
+    moment = state.iso(state.clock())[:19].replace("T", " ") + "Z"
+    description = (
+        f"{problem.description}\r\nTrace ID: {trace_id}\r\nCorrelation ID: {correlation_id}"
+        f"\r\nTimestamp: {moment}"
+    )
+    body = {
+        "error": problem.error,
+        "error_description": description,
+        "error_codes": [problem.code],
+        "timestamp": moment,
+        "trace_id": trace_id,
+        "correlation_id": correlation_id,
+        "error_uri": f"https://login.microsoftonline.com/error?code={problem.code}",
+    }
+    return _json(body, problem.status)
+
+
+_OUTAGE = TokenError(
+    "temporarily_unavailable",
+    90033,
+    "AADSTS90033: A transient error has occurred. Please try again.",
+    status=503,
+)
+
+
+async def _token(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    now = state.clock()
+    if state.faults.token_outage(now):
+        request[_ENTRY].fault = "token-outage"
+        return _entra_error(state, _OUTAGE)
+    posted = await request.post()
+    form = {k: v for k, v in posted.items() if isinstance(v, str)}
+    basic = basic_credentials(request.headers.get("Authorization"))
+    if basic is not None:
+        form.setdefault("client_id", basic[0])
+        form.setdefault("client_secret", basic[1])
+    if "client_id" in form:
+        request[_ENTRY].client_id = form["client_id"]
+    granted = state.tokens.grant(form, tenant=request.match_info["tenant"], now=now)
+    if isinstance(granted, TokenError):
+        return _entra_error(state, granted)
+    access_token, _ = granted
+    lifetime = state.options.token_lifetime_seconds
+    return _json(
+        {
+            "token_type": "Bearer",
+            "expires_in": lifetime,
+            "ext_expires_in": lifetime,
+            "access_token": access_token,
+        }
+    )
+
+
+# -- the platform API -------------------------------------------------------------------------
+
+
+def _submit_handler(spec: EntitySpec) -> Handler:
+    async def submit(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE_KEY]
+        entry = request[_ENTRY]
+        body = await request.read()
+        try:
+            records = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return _invalid()
+        if not isinstance(records, list) or not records:
+            return _invalid()
+        entry.record_count = len(records)
+        # A decoded string can contain the marker only if the raw body does, or if the body
+        # uses escapes; skipping the per-field search otherwise keeps large POSTs cheap.
+        marker = state.options.async_failure_marker.encode()
+        result = state.ingest.submit(
+            spec,
+            records,
+            now=state.now(),
+            client_id=entry.client_id or "",
+            may_contain_marker=marker in body or b"\\" in body,
+        )
+        batch_id = None if result.batch is None else result.batch.batch_id
+        if not result.failures:
+            return _json({"batchId": batch_id})
+        failed = [{"message": record, "error": error} for record, error in result.failures]
+        return _json(
+            {"error": VALIDATION_FAILED, "failedMessages": failed, "batchId": batch_id}, 400
+        )
+
+    return submit
+
+
+def _page(query: Mapping[str, str]) -> tuple[int, int]:
+    """`skip` and `limit` from the query string; ValueError says what is wrong."""
+    values = []
+    for name, default, highest in (("skip", 0, None), ("limit", DEFAULT_PAGE, MAX_PAGE)):
+        raw = query.get(name)
+        if raw is None:
+            values.append(default)
+            continue
+        if not raw.isdigit() or (highest is not None and not 0 < int(raw) <= highest):
+            bound = f" between 1 and {highest}" if highest else ""
+            raise ValueError(f"{name} must be a whole number{bound}")
+        values.append(int(raw))
+    return values[0], values[1]
+
+
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _day(query: Mapping[str, str], name: str) -> date | None:
+    raw = query.get(name)
+    if raw is None:
+        return None
+    problem = f"{name} must be a date yyyy-mm-dd"
+    if not _DAY.fullmatch(raw):
+        raise ValueError(problem)
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(problem) from None
+
+
+def _created_range(
+    query: Mapping[str, str], state: EmulatorState
+) -> tuple[float | None, float | None]:
+    """The clock range [start, end) the created* filters allow (days are whole UTC days)."""
+    created_from, created_to, created_at = (
+        _day(query, n) for n in ("createdFrom", "createdTo", "createdAt")
+    )
+    if created_at is not None:
+        created_from = max(created_from or created_at, created_at)
+        created_to = min(created_to or created_at, created_at)
+    start = None if created_from is None else state.clock_at(created_from)
+    end = None if created_to is None else state.clock_at(created_to + timedelta(days=1))
+    return start, end
+
+
+def _envelope(total: int, data: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"message": "Success", "totalCount": total, "data": data}
+
+
+_COUNTED = (NEW, IN_PROGRESS, COMPLETED, PUBLISHED, FAILED_VALIDATION)
+
+
+def _batch_json(state: EmulatorState, batch: Batch, now: float) -> dict[str, Any]:
+    counts = state.ingest.counts(batch, now)
+    return {
+        "batchId": batch.batch_id,
+        "entity": batch.entity,
+        "endpoint": f"/{batch.entity}",
+        "clientId": batch.client_id,
+        "createdAt": state.iso(batch.created_at),
+        "recordCount": len(batch.records),
+        "statusCounts": {status: counts.get(status, 0) for status in _COUNTED},
+    }
+
+
+async def _list_batches(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    now = state.now()
+    query = request.query
+    try:
+        skip, limit = _page(query)
+        start, end = _created_range(query, state)
+    except ValueError as exc:
+        return _invalid(str(exc))
+    batches = state.ingest.batches_between(start, end)
+    wanted = query.get("batchId")
+    if wanted is not None:
+        batches = [b for b in batches if b.batch_id == wanted]
+    page = batches[skip : skip + limit]
+    return _json(_envelope(len(batches), [_batch_json(state, b, now) for b in page]))
+
+
+_STATUS_NAMES = {s.lower(): s for s in DOCUMENTED_STATUSES}
+
+
+def _inbound_filters(query: Mapping[str, str]) -> tuple[str | None, bool | None]:
+    status = query.get("status")
+    if status is not None:
+        if status.lower() not in _STATUS_NAMES:
+            raise ValueError(f"status must be one of {', '.join(DOCUMENTED_STATUSES)}")
+        status = _STATUS_NAMES[status.lower()]
+    missing = query.get("missingDependencies")
+    if missing is None:
+        return status, None
+    if missing.lower() not in ("true", "false"):
+        raise ValueError("missingDependencies must be true or false")
+    return status, missing.lower() == "true"
+
+
+def _inbound_json(
+    state: EmulatorState, record: InboundRecord, status: str, updated: float
+) -> dict[str, Any]:
+    entity, external_id = record.key
+    return {
+        "batchId": record.batch.batch_id,
+        "index": record.index,
+        "entity": entity,
+        "externalId": external_id,
+        "eventType": record.event_type,
+        "status": status,
+        "missingDependencies": [
+            {"entity": e, "id": i} for e, i in state.ingest.missing_parents(record)
+        ],
+        "message": record.message if status == FAILED_VALIDATION else None,
+        "createdAt": state.iso(record.accepted_at),
+        "updatedAt": state.iso(updated),
+    }
+
+
+async def _inbound(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    now = state.now()
+    batch = state.ingest.batches.get(request.match_info["batchId"])
+    if batch is None:
+        return _error(404, "Resource not found")
+    try:
+        skip, limit = _page(request.query)
+        wanted_status, wanted_missing = _inbound_filters(request.query)
+    except ValueError as exc:
+        return _invalid(str(exc))
+    ingest = state.ingest
+    matches: list[tuple[InboundRecord, str, float]] = []
+    for record in batch.records:
+        status, updated = ingest.status_at(record, now)
+        if wanted_status is not None and status != wanted_status:
+            continue
+        if wanted_missing is not None and (record.ready_at is None) != wanted_missing:
+            continue  # held records (no ready time yet) are exactly those missing a parent
+        matches.append((record, status, updated))
+    page = matches[skip : skip + limit]
+    return _json(_envelope(len(matches), [_inbound_json(state, *m) for m in page]))
+
+
+# -- admin API ------------------------------------------------------------------------------
+
+
+async def _admin_health(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    now = state.now()
+    return _json(
+        {
+            "status": "ok",
+            "time": state.iso(now),
+            "fault_profile": state.faults.active(now).profile,
+            "batches": len(state.ingest.batches),
+            "pending_records": state.ingest.pending(),
+        }
+    )
+
+
+async def _admin_entities(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    entity = request.query.get("entity")
+    if entity is not None and entity not in ENTITIES:
+        return _json({"error": f"unknown entity {entity!r}; known: {', '.join(ENTITIES)}"}, 400)
+    found = state.entities(entity)
+    return _json({"count": sum(len(v) for v in found.values()), "entities": found})
+
+
+async def _admin_requests(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    raw = request.query.get("limit", str(REQUEST_LOG_SIZE))
+    if not raw.isdigit():
+        return _json({"error": "limit must be a whole number"}, 400)
+    entries = list(state.requests)[-int(raw) :] if int(raw) else []
+    data = [
+        {
+            "time": state.iso(e.time),
+            "client_id": e.client_id,
+            "method": e.method,
+            "path": e.path,
+            "status": e.status,
+            "record_count": e.record_count,
+            "fault": e.fault,
+        }
+        for e in entries
+    ]
+    return _json({"count": len(data), "requests": data})
+
+
+async def _admin_get_faults(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    return _json(state.faults.active(state.clock()).to_json())
+
+
+async def _admin_set_faults(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    try:
+        data = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        return _json({"error": 'the body must be a JSON object like {"profile": "errors"}'}, 400)
+    try:
+        settings = FaultSettings.from_mapping(data)
+    except (ValueError, TypeError) as exc:
+        return _json({"error": str(exc)}, 400)
+    state.set_faults(settings)
+    return _json(settings.to_json())
+
+
+async def _admin_reset(request: web.Request) -> web.StreamResponse:
+    request.app[STATE_KEY].reset()
+    return _json({"status": "reset"})
+
+
+# -- the application --------------------------------------------------------------------------
+
+
+def create_app(
+    options: EmulatorOptions | None = None, *, clock: Callable[[], float] = time.monotonic
+) -> web.Application:
+    """The emulator as an aiohttp application; its state is `app[STATE_KEY]`.
+
+    `clock` (seconds, monotonic) drives token expiry, rate windows, batch progress and fault
+    durations, so tests can move time instead of sleeping. Injected latency and hangs are real
+    sleeps: they model the network, which a fake clock cannot slow down.
+    """
+    options = options or EmulatorOptions()
+    app = web.Application(middlewares=[_front_door], client_max_size=options.max_body_bytes)
+    app[STATE_KEY] = EmulatorState(options, clock)
+    router = app.router
+    router.add_post("/{tenant}/oauth2/v2.0/token", _token)
+    for spec in ENTITIES.values():
+        router.add_post(f"{API_PREFIX}/{spec.name}", _submit_handler(spec))
+    router.add_get(f"{API_PREFIX}/batch", _list_batches)
+    router.add_get(API_PREFIX + "/batch/{batchId}/inbound", _inbound)
+    router.add_get(f"{ADMIN_PREFIX}/health", _admin_health)
+    router.add_get(f"{ADMIN_PREFIX}/entities", _admin_entities)
+    router.add_get(f"{ADMIN_PREFIX}/requests", _admin_requests)
+    router.add_get(f"{ADMIN_PREFIX}/faults", _admin_get_faults)
+    router.add_post(f"{ADMIN_PREFIX}/faults", _admin_set_faults)
+    router.add_post(f"{ADMIN_PREFIX}/reset", _admin_reset)
+    return app
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def _rate_limit(text: str) -> tuple[int, float]:
+    requests, sep, seconds = text.partition("/")
+    try:
+        parsed = (int(requests), float(seconds))
+    except ValueError:
+        parsed = (0, 0.0)
+    if not sep or parsed[0] <= 0 or parsed[1] <= 0:
+        raise argparse.ArgumentTypeError(f"expected REQUESTS/SECONDS like 100/60, got {text!r}")
+    return parsed
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """The emulator's options on `emulate buildingminds` (the caller adds --host and --port)."""
+    defaults = EmulatorOptions()
+    parser.add_argument(
+        "--rate-limit",
+        type=_rate_limit,
+        default=(defaults.rate_limit_requests, defaults.rate_limit_seconds),
+        metavar="REQUESTS/SECONDS",
+        help="request budget per credential over a rolling window (default: 100/60)",
+    )
+    parser.add_argument(
+        "--token-lifetime",
+        type=int,
+        default=defaults.token_lifetime_seconds,
+        metavar="SECONDS",
+        help="access token lifetime (default: 3599)",
+    )
+    parser.add_argument(
+        "--processing-delay",
+        type=float,
+        default=defaults.processing_delay_seconds,
+        metavar="SECONDS",
+        help="time from acceptance to Completed; InProgress after half (default: 2)",
+    )
+    parser.add_argument(
+        "--fault-profile",
+        choices=list(PROFILES),
+        default=defaults.fault_profile,
+        metavar="NAME",
+        help=f"faults to inject: {', '.join(PROFILES)} (default: none)",
+    )
+    parser.add_argument(
+        "--fault-rate",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="share of requests the fault profile affects, 0..1 (default: per profile)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=defaults.seed, help="seed of the fault decisions (default: 0)"
+    )
+    parser.add_argument(
+        "--clients",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="YAML/JSON list of client_id, client_secret, scope, optional allowed_endpoints "
+        "(default: the demo credential demo-client / demo-secret)",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=defaults.max_body_bytes,
+        metavar="BYTES",
+        help="larger request bodies are answered 413 (default: 16 MiB)",
+    )
+
+
+def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
+    """EmulatorOptions from parsed arguments; ConfigError lists what is wrong."""
+    clients = load_clients(args.clients) if args.clients is not None else [DEMO_CLIENT]
+    requests, seconds = args.rate_limit
+    try:
+        return EmulatorOptions(
+            rate_limit_requests=requests,
+            rate_limit_seconds=seconds,
+            token_lifetime_seconds=args.token_lifetime,
+            processing_delay_seconds=args.processing_delay,
+            fault_profile=args.fault_profile,
+            fault_rate=args.fault_rate,
+            seed=args.seed,
+            clients=clients,
+            max_body_bytes=args.max_body_bytes,
+        )
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from exc
+
+
+def _announcement(options: EmulatorOptions, host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - compared only
+    root = f"http://{shown}:{port}"
+    if DEMO_CLIENT in options.clients:
+        who = (
+            f"demo credential client_id={DEMO_CLIENT.client_id} "
+            f"client_secret={DEMO_CLIENT.client_secret} scope={DEMO_CLIENT.scope}"
+        )
+    else:
+        who = f"{len(options.clients)} client credential(s) from --clients"
+    return (
+        f"BuildingMinds emulator listening on {host}:{port} | base URL {root}{API_PREFIX} | "
+        f"token URL {root}/{DEFAULT_TENANT}/oauth2/v2.0/token | {who}"
+    )
+
+
+async def _serve(app: web.Application, host: str, port: int) -> None:
+    # No access log: one line per request would cost more than the emulator's own work
+    # under a benchmark; GET /_emulator/requests has the same facts.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    try:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            await web.TCPSite(runner, host, port).start()
+            bound_host, bound_port = runner.addresses[0][:2]
+            print(  # noqa: T201 - the command's one line for the person who started it
+                _announcement(app[STATE_KEY].options, str(bound_host), int(bound_port)),
+                flush=True,
+            )
+            async for _ in signals:
+                break
+    finally:
+        await runner.cleanup()
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Serve on args.host:args.port until SIGINT/SIGTERM; the exit code (2: bad options)."""
+    try:
+        options = options_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)  # noqa: T201 - a command-line front end
+        return 2
+    anyio.run(_serve, create_app(options), args.host, args.port)
+    return 0

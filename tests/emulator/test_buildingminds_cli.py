@@ -1,0 +1,177 @@
+"""The emulator's command-line options, the --clients file, and a real server process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+import aiohttp
+import anyio
+import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from connector.emulators.buildingminds import (
+    EmulatorOptions,
+    add_cli_arguments,
+    options_from_args,
+    run_from_args,
+)
+from connector.emulators.buildingminds_auth import DEMO_CLIENT
+from connector.errors import ConfigError
+from tests.emulator.conftest import DEMO_FORM
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def parser() -> argparse.ArgumentParser:
+    # The CLI's `emulate` sub-command owns --host and --port; the emulator adds the rest.
+    parsed = argparse.ArgumentParser(prog="emulate")
+    parsed.add_argument("--port", type=int, default=8080)
+    parsed.add_argument("--host", default="127.0.0.1")
+    add_cli_arguments(parsed)
+    return parsed
+
+
+def test_the_defaults_are_the_documented_platform() -> None:
+    options = options_from_args(parser().parse_args([]))
+
+    assert options == EmulatorOptions()
+    assert (options.rate_limit_requests, options.rate_limit_seconds) == (100, 60.0)
+    assert options.token_lifetime_seconds == 3599
+    assert options.clients == (DEMO_CLIENT,)
+
+
+def test_every_option_reaches_the_emulator() -> None:
+    args = parser().parse_args(
+        [
+            "--rate-limit=50/10",
+            "--token-lifetime=60",
+            "--processing-delay=0.5",
+            "--fault-profile=errors",
+            "--fault-rate=0.3",
+            "--seed=9",
+            "--max-body-bytes=2048",
+        ]
+    )
+
+    options = options_from_args(args)
+
+    assert (options.rate_limit_requests, options.rate_limit_seconds) == (50, 10.0)
+    assert (options.token_lifetime_seconds, options.processing_delay_seconds) == (60, 0.5)
+    assert (options.fault_profile, options.fault_rate, options.seed) == ("errors", 0.3, 9)
+    assert options.max_body_bytes == 2048
+
+
+@pytest.mark.parametrize(
+    "argv", [["--rate-limit=100"], ["--rate-limit=0/60"], ["--fault-profile=chaos"]]
+)
+def test_bad_arguments_are_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        parser().parse_args(argv)
+    assert caught.value.code == 2
+
+
+def test_a_clients_file_in_yaml_with_allowed_endpoints(tmp_path: Path) -> None:
+    path = tmp_path / "clients.yaml"
+    path.write_text(
+        "- client_id: writer\n"
+        "  client_secret: s1\n"
+        "  scope: api://tenant-a/.default\n"
+        "- client_id: reader\n"
+        "  client_secret: s2\n"
+        "  scope: api://tenant-a\n"
+        "  allowed_endpoints: [/batch, building]\n",
+        encoding="utf-8",
+    )
+
+    options = options_from_args(parser().parse_args(["--clients", str(path)]))
+
+    writer, reader = options.clients
+    assert (writer.client_id, writer.scope, writer.allowed_endpoints) == (
+        "writer",
+        "api://tenant-a",
+        None,
+    )
+    assert reader.allowed_endpoints == frozenset({"batch", "building"})
+    assert "s2" not in repr(reader)
+
+
+def test_a_clients_file_in_json(tmp_path: Path) -> None:
+    path = tmp_path / "clients.json"
+    path.write_text(
+        json.dumps({"clients": [{"client_id": "a", "client_secret": "b", "scope": "c"}]}),
+        encoding="utf-8",
+    )
+
+    options = options_from_args(parser().parse_args(["--clients", str(path)]))
+
+    assert [c.client_id for c in options.clients] == ["a"]
+
+
+def test_a_bad_clients_file_lists_every_problem(tmp_path: Path) -> None:
+    path = tmp_path / "clients.yaml"
+    path.write_text(
+        "- client_id: a\n- client_id: b\n  client_secret: s\n  scope: x\n  role: admin\n",
+        encoding="utf-8",
+    )
+
+    with pytest.raises(ConfigError) as caught:
+        options_from_args(parser().parse_args(["--clients", str(path)]))
+
+    text = str(caught.value)
+    assert "clients[0].client_secret" in text
+    assert "clients[0].scope" in text
+    assert "clients[1]: unknown keys ['role']" in text
+
+
+def test_run_from_args_refuses_bad_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = parser().parse_args(["--clients", str(tmp_path / "missing.yaml")])
+
+    assert run_from_args(args) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+
+
+SERVE = (
+    "import argparse, sys\n"
+    "from connector.emulators.buildingminds import add_cli_arguments, run_from_args\n"
+    "p = argparse.ArgumentParser()\n"
+    "p.add_argument('--port', type=int)\n"
+    "p.add_argument('--host')\n"
+    "add_cli_arguments(p)\n"
+    "sys.exit(run_from_args(p.parse_args(sys.argv[1:])))\n"
+)
+
+
+@pytest.mark.anyio
+async def test_run_from_args_serves_until_sigterm() -> None:
+    command = [sys.executable, "-c", SERVE, "--port=0", "--host=127.0.0.1"]
+    async with await anyio.open_process(command) as process:
+        assert process.stdout is not None
+        try:
+            with anyio.fail_after(30):
+                line = await BufferedByteReceiveStream(process.stdout).receive_until(b"\n", 4096)
+            announcement = line.decode()
+            urls = re.search(r"base URL (\S+) \| token URL (\S+)", announcement)
+            assert urls is not None, announcement
+            base_url, token_url = urls.groups()
+            assert "client_id=demo-client client_secret=demo-secret" in announcement
+            assert "scope=api://buildingminds-emulator" in announcement
+
+            async with aiohttp.ClientSession() as session:
+                async with session.post(token_url, data=DEMO_FORM) as response:
+                    token = (await response.json())["access_token"]
+                headers = {"Authorization": f"Bearer {token}"}
+                async with session.get(f"{base_url}/batch", headers=headers) as response:
+                    assert response.status == 200
+        finally:
+            process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                code = await process.wait()
+    assert code == 0
