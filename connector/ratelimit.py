@@ -1,0 +1,237 @@
+"""Timing policy: the rolling-window request limiter, backoff delays and `Retry-After` parsing.
+
+Owns *when* a request may start. `RollingWindowLimiter` keeps a sliding log of start times so
+that no window of `per_seconds` ever holds more starts than the capacity; `Backoff` gives the
+exponential, fully jittered delays between retries; `retry_after_seconds` turns a 429's
+`Retry-After` header into a bounded wait.
+
+Must not: send requests, decide *whether* to retry (the sink branches on error types), or read
+the time any other way than through the injected `clock` and `sleep`, so tests run exact and
+fast on a fake clock.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from typing import TypeAlias
+
+import anyio
+import anyio.lowlevel
+
+__all__ = ["Backoff", "Clock", "RollingWindowLimiter", "Sleep", "retry_after_seconds"]
+
+Clock: TypeAlias = Callable[[], float]
+"""Monotonic seconds."""
+Sleep: TypeAlias = Callable[[float], Awaitable[None]]
+"""Waits the given seconds on the same time line as the matching `Clock`."""
+
+
+class RollingWindowLimiter:
+    """At most `requests` starts in any rolling `per_seconds` window (a sliding log of start times).
+
+    A start at time `t` is granted only while fewer than `capacity` recorded starts lie in
+    `(t - per_seconds, t]` and no `block_for` is in force. Waiters are served first come,
+    first served; a newcomer never overtakes a queued waiter.
+
+    Memory: the log holds only starts still inside the window, so at most the largest capacity
+    in force during the last `per_seconds` (it is not trimmed on a shrink, because a later grow
+    must still see every start in the window).
+    """
+
+    def __init__(
+        self,
+        requests: int,
+        per_seconds: float,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
+    ) -> None:
+        """Raises `ValueError` for a negative `requests` or a `per_seconds` that is not > 0."""
+        if not per_seconds > 0 or not math.isfinite(per_seconds):
+            raise ValueError(f"per_seconds must be a finite number > 0, got {per_seconds!r}")
+        self._capacity = _check_capacity(requests)
+        self._per = float(per_seconds)
+        self._clock = clock
+        self._sleep = sleep
+        self._starts: deque[float] = deque()
+        self._blocked_until = -math.inf
+        # Held by the one waiter at the head of the queue while it sleeps; anyio's Lock hands
+        # ownership over in FIFO order, which is what makes waiting fair.
+        self._queue = anyio.Lock()
+        # Set by `set_capacity` to cut the head waiter's sleep short when slots appear early.
+        self._wake: anyio.Event | None = None
+
+    @property
+    def capacity(self) -> int:
+        """The number of starts allowed in any window right now."""
+        return self._capacity
+
+    @property
+    def per_seconds(self) -> float:
+        """The length of the rolling window, in seconds."""
+        return self._per
+
+    async def acquire(self) -> float:
+        """Wait until a slot is free, record the start, and return the seconds waited.
+
+        Waiters are served in arrival order. Cancelling a waiter removes it from the queue
+        without taking a slot. With a capacity of 0 this waits until `set_capacity` grows it.
+        """
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        if self.try_acquire():
+            return 0.0
+        started = self._clock()
+        async with self._queue:
+            while (wait := self.wait_time()) > 0:
+                await self._nap(wait)
+            now = self._clock()
+            self._starts.append(now)
+        return now - started
+
+    def try_acquire(self) -> bool:
+        """Take a slot now if one is free and nobody is queued for it; never waits."""
+        if self._queue.locked() or self.wait_time() > 0:
+            return False
+        self._starts.append(self._clock())
+        return True
+
+    def available(self) -> int:
+        """Slots free right now (0 while a `block_for` is in force)."""
+        now = self._clock()
+        if now < self._blocked_until:
+            return 0
+        self._prune(now)
+        return max(0, self._capacity - len(self._starts))
+
+    def wait_time(self) -> float:
+        """Seconds until the next slot frees: 0 if one is free now, `math.inf` at capacity 0."""
+        now = self._clock()
+        self._prune(now)
+        excess = len(self._starts) - self._capacity
+        if self._capacity == 0:
+            free_at = math.inf
+        elif excess < 0:
+            free_at = now
+        else:
+            # Once the start at this index ages out, capacity - 1 starts remain in the window.
+            free_at = self._starts[excess] + self._per
+        return max(0.0, max(free_at, self._blocked_until) - now)
+
+    def block_for(self, seconds: float) -> None:
+        """Grant no slot until `seconds` from now, e.g. after a 429 with `Retry-After`.
+
+        Never shortens a block already in force; a negative or NaN value blocks nothing.
+        """
+        if seconds > 0:
+            self._blocked_until = max(self._blocked_until, self._clock() + seconds)
+
+    def set_capacity(self, requests: int) -> None:
+        """Change the number of starts allowed per window (a replica's share of the budget).
+
+        Shrinking takes effect at once: starts already in the window count against the new,
+        smaller capacity. Growing immediately allows more and wakes a waiting caller.
+        Raises `ValueError` for a negative value.
+        """
+        grew = requests > self._capacity
+        self._capacity = _check_capacity(requests)
+        if grew and self._wake is not None:
+            self._wake.set()
+
+    def _prune(self, now: float) -> None:
+        starts, per = self._starts, self._per
+        while starts and starts[0] + per <= now:
+            starts.popleft()
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep up to `seconds`, or less if `set_capacity` grows the capacity meanwhile."""
+        wake = self._wake = anyio.Event()
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def alarm() -> None:
+                    await self._sleep(seconds)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(alarm)
+                await wake.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            self._wake = None
+
+
+def _check_capacity(requests: int) -> int:
+    if requests < 0:
+        raise ValueError(f"requests must be >= 0, got {requests!r}")
+    return int(requests)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter: delay(n) = uniform(0, min(cap, base * 2**n)).
+
+    Full jitter spreads retries of many clients over the whole interval, so they do not come
+    back in lock step after a shared outage.
+    """
+
+    base: float = 0.5
+    cap: float = 60.0
+
+    def __post_init__(self) -> None:
+        """Raises `ValueError` unless 0 < base and 0 <= cap, both finite."""
+        if not (0 < self.base < math.inf) or not (0 <= self.cap < math.inf):
+            raise ValueError(f"backoff needs 0 < base and 0 <= cap, got {self.base}, {self.cap}")
+
+    def ceiling(self, attempt: int) -> float:
+        """The upper bound of the delay before retry number `attempt` (0-based)."""
+        if attempt < 0:
+            raise ValueError(f"attempt must be >= 0, got {attempt}")
+        try:
+            return min(self.cap, math.ldexp(self.base, attempt))
+        except OverflowError:
+            # base * 2**attempt beyond float range: far above any cap.
+            return self.cap
+
+    def delay(self, attempt: int, rand: Callable[[], float] = random.random) -> float:
+        """Seconds to wait before retry number `attempt` (0-based); `rand()` is in [0, 1).
+
+        Raises `ValueError` for a negative attempt.
+        """
+        return rand() * self.ceiling(attempt)
+
+
+def retry_after_seconds(
+    value: str | None,
+    *,
+    default: float,
+    maximum: float,
+    now: Callable[[], float] = time.time,
+) -> float:
+    """Seconds to wait as a `Retry-After` header asks, bounded to [0, `maximum`].
+
+    `value` is delta-seconds ("120", decimals tolerated) or an HTTP-date; a date in the past and
+    a negative number give 0. `default` is returned unchanged when the header is absent or
+    cannot be parsed (including "inf" and "nan"). `now` is wall-clock unix time, for dates.
+    """
+    if value is None or not (text := value.strip()):
+        return default
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return default
+        if when.tzinfo is None:
+            # RFC 9110 dates are always GMT; "-0000" parses zone-less and must not mean local.
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now()
+    if not math.isfinite(seconds):
+        return default
+    return min(max(seconds, 0.0), maximum)
