@@ -2,7 +2,7 @@
 
 Owns parsing arguments, loading settings once, setting up logging, and turning the known
 errors into one clear message and an exit code. Exit codes: 0 success, 1 a check failed,
-2 bad usage or configuration, 3 not implemented yet.
+2 bad usage or configuration.
 
 Must not: hold pipeline logic; each command hands over to the module that owns it.
 """
@@ -10,23 +10,26 @@ Must not: hold pipeline logic; each command hands over to the module that owns i
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+import anyio
 import yaml
 
 from connector import __version__
 from connector.config import Settings, load_settings
 from connector.errors import ConfigError
+from connector.logs import setup_logging
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
 __all__ = ["build_parser", "main"]
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_NOT_IMPLEMENTED = 0, 1, 2, 3
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -63,12 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
     emulate.add_argument("name", choices=["buildingminds"], help="which platform")
     emulate.add_argument("--port", type=int, default=8080)
     emulate.add_argument("--host", default="127.0.0.1")
+    from connector.emulators.buildingminds import add_cli_arguments  # noqa: PLC0415
+
+    add_cli_arguments(emulate)
 
     produce = sub.add_parser(
         "produce-sample", help="write realistic building and meter change events to Kafka"
     )
     _config_arg(produce)
     produce.add_argument("--count", type=int, default=1000, metavar="N")
+    produce.add_argument("--ids", type=int, default=1000, help="distinct entity IDs (default 1000)")
+    produce.add_argument(
+        "--invalid-share", type=float, default=0.02, help="share of invalid events (default 0.02)"
+    )
+    produce.add_argument("--rate", type=float, default=0, help="events per second (0: all at once)")
+    produce.add_argument("--seed", type=int, default=1)
     return parser
 
 
@@ -80,37 +92,49 @@ def _load(args: argparse.Namespace, out: TextIO) -> Settings | None:
         return None
 
 
-def _not_yet(what: str, out: TextIO) -> int:
-    print(f"{what} is not implemented yet in this version.", file=out)
-    return EXIT_NOT_IMPLEMENTED
-
-
 def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     settings = _load(args, err)
     if settings is None:
         return EXIT_USAGE
     print("configuration is valid:", file=out)
     print(yaml.safe_dump(settings.summary(), sort_keys=False).rstrip(), file=out)
-    return _not_yet("The token and GET /batch check", err)
+    from connector.commands import run_check  # noqa: PLC0415 - keeps --help fast
+
+    return EXIT_OK if anyio.run(run_check, settings, out, err) else EXIT_CHECK_FAILED
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     del out
-    if _load(args, err) is None:
+    settings = _load(args, err)
+    if settings is None:
         return EXIT_USAGE
-    return _not_yet("run", err)
+    setup_logging(settings.logging.level, settings.logging.format)
+    from connector.app import run_connector  # noqa: PLC0415 - keeps --help fast
+
+    anyio.run(run_connector, settings)
+    return EXIT_OK
 
 
 def cmd_produce_sample(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    del out
-    if _load(args, err) is None:
+    settings = _load(args, err)
+    if settings is None:
         return EXIT_USAGE
-    return _not_yet("produce-sample", err)
+    from connector.commands import produce_sample  # noqa: PLC0415 - keeps --help fast
+
+    anyio.run(
+        functools.partial(
+            produce_sample, settings, args.count, ids=args.ids, invalid_share=args.invalid_share,
+            rate=args.rate, seed=args.seed, out=out,
+        )
+    )  # fmt: skip
+    return EXIT_OK
 
 
 def cmd_emulate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    del args, out
-    return _not_yet("emulate", err)
+    del out, err
+    from connector.emulators.buildingminds import run_from_args  # noqa: PLC0415
+
+    return run_from_args(args)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {

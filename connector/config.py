@@ -41,6 +41,7 @@ __all__ = [
     "KafkaSettings",
     "LoggingSettings",
     "MetricsSettings",
+    "PipelineSettings",
     "RateLimitSettings",
     "Settings",
     "SinkSettings",
@@ -86,6 +87,18 @@ class KafkaSettings(_Section):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    topic_entities: dict[str, str] = {}
+
+    @field_validator("topic_entities")
+    @classmethod
+    def _known_entities(cls, value: dict[str, str]) -> dict[str, str]:
+        from connector.entities import ENTITIES, find_entity  # noqa: PLC0415 - avoids a cycle
+
+        unknown = [f"{t}: {e}" for t, e in value.items() if find_entity(e) is None]
+        if unknown:
+            known = ", ".join(sorted(x.endpoint for x in ENTITIES.values()))
+            raise ValueError(f"unknown entity in {'; '.join(unknown)} (known: {known})")
+        return value
 
     @field_validator("topics")
     @classmethod
@@ -128,6 +141,12 @@ class SinkSettings(_Section):
     request_timeout_seconds: PositiveFloat = 30.0
     tls_verify: bool = True
     ca_file: Path | None = None
+    token_renew_statuses: tuple[int, ...] = (401,)
+    token_skew_seconds: Annotated[float, Field(ge=0)] = 300.0
+    max_retry_after_seconds: PositiveFloat = 120.0
+    retry_backoff_seconds: PositiveFloat = 0.5
+    retry_backoff_max_seconds: PositiveFloat = 60.0
+    misconfigured_pause_seconds: PositiveFloat = 300.0
 
     @field_validator("base_url", "token_url")
     @classmethod
@@ -153,6 +172,24 @@ class WindowSettings(_Section):
     max_records: Annotated[int, Field(gt=0, le=10_000)] = 500
     max_wait_seconds: Annotated[float, Field(ge=0, le=3600)] = 1.0
     max_request_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    max_record_bytes: Annotated[int, Field(ge=256)] = 1024 * 1024
+
+    @model_validator(mode="after")
+    def _record_fits_request(self) -> WindowSettings:
+        if self.max_record_bytes > self.max_request_bytes - 2:
+            raise ValueError("max_record_bytes must be smaller than max_request_bytes")
+        return self
+
+
+class PipelineSettings(_Section):
+    """Backpressure, concurrency, commits and shutdown."""
+
+    max_pending_records: PositiveInt = 50_000
+    max_pending_bytes: PositiveInt = 64 * 1024 * 1024
+    resume_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    max_in_flight_requests: Annotated[int, Field(gt=0, le=64)] = 4
+    commit_interval_seconds: PositiveFloat = 5.0
+    shutdown_grace_seconds: PositiveFloat = 30.0
 
 
 class MetricsSettings(_Section):
@@ -173,6 +210,7 @@ class Settings(_Section):
     kafka: KafkaSettings = KafkaSettings()
     sink: SinkSettings
     window: WindowSettings = WindowSettings()
+    pipeline: PipelineSettings = PipelineSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
 
@@ -305,6 +343,7 @@ _FIELD_SETS: dict[str, type[BaseModel]] = {
     "sink": SinkSettings,
     "sink.rate_limit": RateLimitSettings,
     "window": WindowSettings,
+    "pipeline": PipelineSettings,
     "metrics": MetricsSettings,
     "logging": LoggingSettings,
 }

@@ -1,0 +1,123 @@
+"""The I/O of the one-shot commands: `check` and `produce-sample`.
+
+`check` proves a configuration end to end without sending data: a token from the token
+endpoint, then the read-only `GET /batch`. Each failure prints what to fix.
+
+Must not: write to the platform, or print a secret (only masked summaries and the platform's
+own error text, which never contains our secret).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, TextIO
+
+import anyio
+from aiokafka import AIOKafkaProducer
+
+from connector.app import build_sink, client_session, kafka_options
+from connector.errors import (
+    ApiError,
+    AuthError,
+    CredentialsRejected,
+    EndpointMisconfigured,
+    Unauthorized,
+)
+from connector.metrics import Metrics
+from connector.samples import sample_events
+
+if TYPE_CHECKING:
+    from connector.config import Settings
+
+__all__ = ["produce_sample", "run_check"]
+
+
+def _fix_for(exc: ApiError) -> str:
+    if isinstance(exc, EndpointMisconfigured) and exc.status == 404:
+        return "check sink.base_url: the API answered 404 (no such endpoint)"
+    if isinstance(exc, EndpointMisconfigured) and exc.status == 403:
+        return (
+            "the credential is not permitted for GET /batch: ask your BuildingMinds representative"
+        )
+    if isinstance(exc, EndpointMisconfigured):
+        return f"check sink.base_url: the API answered {exc.status}"
+    if isinstance(exc, Unauthorized):
+        return "the token was refused: check that sink.scope belongs to this API (sink.base_url)"
+    return "the API is unreachable or failing; check sink.base_url and the network, then retry"
+
+
+async def run_check(settings: Settings, out: TextIO, err: TextIO) -> bool:
+    """True when a token was obtained and GET /batch answered 200."""
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    s = settings.sink
+    if not s.scope.endswith("/.default"):
+        print(f"note: sink.scope has no /.default; sending {s.token_scope!r}", file=out)
+    session = client_session(settings)
+    sink, provider = await build_sink(settings, Metrics(CollectorRegistry()), session)
+    try:
+        try:
+            token = await provider.token()
+        except CredentialsRejected as exc:
+            print(f"FAILED: token endpoint refused the credentials: {exc}", file=err)
+            return False
+        except AuthError as exc:
+            print(f"FAILED: token endpoint {s.token_url} is not reachable: {exc}", file=err)
+            return False
+        minutes = (token.expires_at_wall - time.time()) / 60
+        print(f"token: ok (expires in {minutes:.0f} min)", file=out)
+        try:
+            listing = await sink.list_batches(limit=5)
+        except ApiError as exc:
+            print(f"FAILED: GET /batch: {exc}\n  fix: {_fix_for(exc)}", file=err)
+            return False
+        except AuthError as exc:
+            print(f"FAILED: GET /batch: {exc}", file=err)
+            return False
+        total = listing.get("totalCount", len(listing.get("data") or []))
+        print(f"GET /batch: ok ({total} batches visible)", file=out)
+        return True
+    finally:
+        await sink.session.close()
+        await session.close()
+
+
+async def produce_sample(
+    settings: Settings,
+    count: int,
+    *,
+    ids: int,
+    invalid_share: float,
+    rate: float,
+    seed: int,
+    out: TextIO,
+) -> None:
+    """Write `count` sample events to the first two configured topics (or the one)."""
+    topics = settings.kafka.topics
+    building_topic, meter_topic = topics[0], topics[1] if len(topics) > 1 else topics[0]
+    producer = AIOKafkaProducer(linger_ms=10, acks="all", **kafka_options(settings))
+    await producer.start()
+    started = time.monotonic()
+    sent = invalid = 0
+    try:
+        for event in sample_events(
+            count, building_topic=building_topic, meter_topic=meter_topic, ids=ids,
+            invalid_share=invalid_share, seed=seed,
+        ):  # fmt: skip
+            await producer.send(event.topic, key=event.key, value=event.value)
+            sent += 1
+            invalid += event.invalid
+            if rate > 0:
+                ahead = sent / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await anyio.sleep(ahead)
+            if sent % 10_000 == 0:
+                print(f"  {sent}/{count} events", file=out)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    print(
+        f"produced {sent} events ({invalid} invalid on purpose) to {building_topic}, {meter_topic} "
+        f"in {time.monotonic() - started:.1f} s",
+        file=out,
+    )

@@ -1,0 +1,373 @@
+"""The core pipeline end to end: a real Kafka broker, the BuildingMinds emulator over a real
+socket, and the connector between them. Every test asserts on the emulator's stored state and
+request log, and on the dead-letter topic."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import anyio
+import orjson
+import pytest
+from aiohttp.test_utils import TestServer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from connector.app import Pipeline, run_connector
+from connector.config import Settings
+from connector.emulators.buildingminds import EmulatorOptions, create_app
+from connector.samples import sample_events
+from tests.kafka_fixtures import NewTopicFactory, wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Sequence
+
+pytestmark = [pytest.mark.anyio, pytest.mark.kafka]
+
+
+@dataclass
+class Emulator:
+    url: str
+    http: aiohttp.ClientSession
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/api/digitaltwinintegration"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.url}/buildingminds.onmicrosoft.com/oauth2/v2.0/token"
+
+    async def entities(self, entity: str) -> dict[str, dict[str, Any]]:
+        async with self.http.get(f"{self.url}/_emulator/entities", params={"entity": entity}) as r:
+            found = (await r.json())["entities"].get(entity, [])
+        id_field = {"building": "buildingId", "floor": "floorId", "meter": "meterId"}.get(
+            entity, f"{entity}Id"
+        )
+        return {e[id_field]: e for e in found}
+
+    async def requests(self) -> list[dict[str, Any]]:
+        async with self.http.get(f"{self.url}/_emulator/requests") as r:
+            entries: list[dict[str, Any]] = (await r.json())["requests"]
+            return entries
+
+    async def faults(self, **body: Any) -> None:
+        async with self.http.post(f"{self.url}/_emulator/faults", json=body) as r:
+            assert r.status == 200, await r.text()
+
+
+async def start_emulator(options: EmulatorOptions) -> tuple[TestServer, Emulator]:
+    server = TestServer(create_app(options), host="127.0.0.1")
+    await server.start_server()
+    http = aiohttp.ClientSession()
+    return server, Emulator(str(server.make_url("")).rstrip("/"), http)
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    server, emu = await start_emulator(EmulatorOptions(processing_delay_seconds=0))
+    try:
+        yield emu
+    finally:
+        await emu.http.close()
+        await server.close()
+
+
+def settings_for(
+    emu: Emulator, bootstrap: str, topics: list[str], group: str, dlq: str, **sections: Any
+) -> Settings:
+    raw: dict[str, Any] = {
+        "kafka": {
+            "bootstrap_servers": bootstrap, "group_id": group, "topics": topics,
+            "dead_letter_topic": dlq, "topic_entities": {},
+        },
+        "sink": {
+            "base_url": emu.base_url, "token_url": emu.token_url, "client_id": "demo-client",
+            "client_secret": "demo-secret", "scope": "api://buildingminds-emulator",
+            "retry_backoff_seconds": 0.05, "retry_backoff_max_seconds": 0.5,
+            "request_timeout_seconds": 5,
+        },
+        "window": {"max_records": 100, "max_wait_seconds": 0.2},
+        "pipeline": {"commit_interval_seconds": 0.5, "shutdown_grace_seconds": 10},
+        "metrics": {"port": 0},
+    }  # fmt: skip
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return Settings.model_validate(raw)
+
+
+async def produce(bootstrap: str, events: Sequence[tuple[str, bytes | None, bytes | None]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        for topic, key, value in events:
+            await producer.send(topic, key=key, value=value)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str, count: int) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+
+        async def enough() -> bool:
+            for batch in (await consumer.getmany(timeout_ms=100)).values():
+                records.extend(batch)
+            return len(records) >= count
+
+        await wait_until(enough, timeout=30, what=f"{count} records on {topic}")
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def committed_offsets(bootstrap: str, topic: str, group: str) -> dict[int, int | None]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(3)}
+    finally:
+        await consumer.stop()
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(3)])
+        return {tp.partition: end for tp, end in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def run_until(
+    settings: Settings, done: Callable[[], Any], *, timeout: float = 60
+) -> Pipeline:
+    """Run the connector until `done()` is true, then drain it like SIGTERM would."""
+    async with anyio.create_task_group() as tg:
+        pipeline: Pipeline = await tg.start(
+            lambda task_status: run_connector(
+                settings, handle_signals=False, task_status=task_status
+            )
+        )
+        await wait_until(done, timeout=timeout, interval=0.1, what="the connector's work")
+        pipeline.begin_drain()
+    return pipeline
+
+
+def building(i: int, rev: int) -> tuple[bytes, bytes]:
+    bid = f"b-{i}"
+    return bid.encode(), orjson.dumps(
+        {"buildingId": bid, "eventType": "BuildingUpdated", "name": f"B {i}", "revision": rev}
+    )
+
+
+async def test_newest_version_of_every_id_is_stored_from_coalesced_arrays(
+    kafka_bootstrap: str, new_topic: NewTopicFactory, group_id: str, emulator: Emulator
+) -> None:
+    topic, dlq = await new_topic(), await new_topic(prefix="dlq")
+    ids, versions = 300, 10
+    events = [(topic, *building(i, rev)) for rev in range(versions) for i in range(ids)]
+    await produce(kafka_bootstrap, events)
+    settings = settings_for(emulator, kafka_bootstrap, [topic], group_id, dlq)
+
+    async def all_newest() -> bool:
+        stored = await emulator.entities("building")
+        return len(stored) == ids and all(e["revision"] == versions - 1 for e in stored.values())
+
+    pipeline = await run_until(settings, all_newest)
+
+    log = await emulator.requests()
+    posts = [r for r in log if r["method"] == "POST" and r["path"].endswith("/building")]
+    sent = sum(r["record_count"] for r in posts)
+    assert all(r["status"] == 200 for r in posts), posts
+    assert all(r["record_count"] <= 100 for r in posts)
+    assert sent < ids * versions, "superseded versions should not all have been sent"
+    assert pipeline.stats.consumed == ids * versions
+    assert pipeline.stats.delivered + pipeline.stats.coalesced >= ids * versions
+    assert await committed_offsets(kafka_bootstrap, topic, group_id) == await end_offsets(
+        kafka_bootstrap, topic
+    )
+
+
+async def test_invalid_events_are_dead_lettered_with_their_reason_and_the_rest_flows(
+    kafka_bootstrap: str, new_topic: NewTopicFactory, group_id: str, emulator: Emulator
+) -> None:
+    topic, dlq = await new_topic(), await new_topic(prefix="dlq")
+    bad: list[tuple[bytes | None, bytes | None, str]] = [
+        (b"k1", b"{not json", "invalid_json"),
+        (None, orjson.dumps({"eventType": "BuildingAdded"}), "missing_id"),
+        (b"x", orjson.dumps({"eventType": "RocketAdded"}), "unknown_entity"),
+        (b"f-1", orjson.dumps({"floorId": "f-1", "eventType": "FloorAdded"}), "invalid_record"),
+        (b"big", b'{"buildingId": "big", "x": "' + b"y" * 5000 + b'"}', "record_too_large"),
+        (None, orjson.dumps({"op": "u", "source": {"table": "meter"}}), "invalid_record"),
+        # passes our checks, fails the platform's: Site names are at most 50 characters
+        (b"site-1", orjson.dumps({
+            "siteId": "site-1", "eventType": "SiteAdded", "name": "n" * 60, "addressIds": ["a"],
+            "type": "Office", "validFrom": "2024-01-01T00:00:00Z",
+        }), "api_rejected"),
+    ]  # fmt: skip
+    good = [building(i, 0) for i in range(20)]
+    events = [(topic, k, v) for k, v, _ in bad] + [(topic, k, v) for k, v in good]
+    await produce(kafka_bootstrap, events)
+    settings = settings_for(
+        emulator, kafka_bootstrap, [topic], group_id, dlq, window={"max_record_bytes": 4096}
+    )
+
+    async def delivered() -> bool:
+        return len(await emulator.entities("building")) == 20
+
+    pipeline = await run_until(settings, delivered)
+    letters = await read_topic(kafka_bootstrap, dlq, len(bad))
+    assert len(letters) == len(bad)
+    reasons = sorted(dict(r.headers)["error.reason"].decode() for r in letters)
+    assert reasons == sorted(reason for _, _, reason in bad)
+    rejected = next(r for r in letters if dict(r.headers)["error.reason"] == b"api_rejected")
+    headers = dict(rejected.headers)
+    assert headers["error.http_status"] == b"400"
+    assert b"name" in headers["error.message"]
+    assert headers["source.topic"] == topic.encode()
+    assert orjson.loads(rejected.value)["siteId"] == "site-1"
+    assert pipeline.stats.dead_lettered == len(bad)
+    assert await committed_offsets(kafka_bootstrap, topic, group_id) == await end_offsets(
+        kafka_bootstrap, topic
+    )
+
+
+async def test_a_wave_of_401s_costs_one_token_request(
+    kafka_bootstrap: str, new_topic: NewTopicFactory, group_id: str, emulator: Emulator
+) -> None:
+    topic, dlq = await new_topic(), await new_topic(prefix="dlq")
+    await produce(kafka_bootstrap, [(topic, *building(i, 0)) for i in range(50)])
+    settings = settings_for(
+        emulator, kafka_bootstrap, [topic], group_id, dlq,
+        window={"max_records": 5, "max_wait_seconds": 0.05},
+        pipeline={"max_in_flight_requests": 8},
+    )  # fmt: skip
+    revoked = False
+
+    async def done() -> bool:
+        nonlocal revoked
+        stored = await emulator.entities("building")
+        if not revoked and stored:
+            await emulator.faults(profile="revoked-tokens")  # every token issued so far is dead
+            revoked = True
+            await produce(kafka_bootstrap, [(topic, *building(i, 1)) for i in range(50)])
+        return revoked and all(e["revision"] == 1 for e in stored.values()) and len(stored) == 50
+
+    await run_until(settings, done)
+    log = await emulator.requests()
+    tokens = [r for r in log if r["path"].endswith("/token")]
+    unauthorized = [r for r in log if r["status"] == 401]
+    assert len(tokens) == 2, tokens
+    assert unauthorized, "the revoked token should have been refused at least once"
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"profile": "errors", "rate": 0.5},
+        {"profile": "resets", "rate": 0.4},
+        {"profile": "timeouts", "rate": 0.3, "hang_seconds": 3},
+        {"profile": "429-storm", "rate": 1.0, "retry_after_seconds": 1, "duration_seconds": 2},
+    ],
+    ids=lambda f: f["profile"],
+)
+async def test_transient_failures_lose_nothing_and_dead_letter_nothing(
+    kafka_bootstrap: str,
+    new_topic: NewTopicFactory,
+    group_id: str,
+    emulator: Emulator,
+    fault: dict[str, Any],
+) -> None:
+    topic, dlq = await new_topic(), await new_topic(prefix="dlq")
+    await emulator.faults(**fault, seed=7)
+    await produce(kafka_bootstrap, [(topic, *building(i, 0)) for i in range(200)])
+    settings = settings_for(
+        emulator, kafka_bootstrap, [topic], group_id, dlq,
+        window={"max_records": 20, "max_wait_seconds": 0.05},
+        sink={"request_timeout_seconds": 1, "max_retry_after_seconds": 2},
+    )  # fmt: skip
+
+    async def all_there() -> bool:
+        return len(await emulator.entities("building")) == 200
+
+    pipeline = await run_until(settings, all_there, timeout=90)
+    statuses = {r["status"] for r in await emulator.requests()}
+    assert statuses - {200}, f"the {fault['profile']} fault never fired"
+    assert pipeline.stats.dead_lettered == 0
+    assert await committed_offsets(kafka_bootstrap, topic, group_id) == await end_offsets(
+        kafka_bootstrap, topic
+    )
+
+
+async def test_backlog_never_exceeds_the_rolling_window_and_causes_no_429(
+    kafka_bootstrap: str, new_topic: NewTopicFactory, group_id: str
+) -> None:
+    per, budget = 3.0, 10
+    server, emu = await start_emulator(
+        EmulatorOptions(
+            processing_delay_seconds=0, rate_limit_requests=budget, rate_limit_seconds=per
+        )
+    )
+    try:
+        topic, dlq = await new_topic(), await new_topic(prefix="dlq")
+        await produce(kafka_bootstrap, [(topic, *building(i, 0)) for i in range(400)])
+        settings = settings_for(
+            emu, kafka_bootstrap, [topic], group_id, dlq,
+            window={"max_records": 10, "max_wait_seconds": 0.05},
+            sink={"rate_limit": {"requests": budget, "per_seconds": per}},
+        )  # fmt: skip
+
+        async def all_there() -> bool:
+            return len(await emu.entities("building")) == 400
+
+        await run_until(settings, all_there, timeout=120)
+        log = [r for r in await emu.requests() if "/api/" in r["path"]]
+        assert all(r["status"] != 429 for r in log), "the connector caused a 429"
+        posts = [r for r in log if r["method"] == "POST"]
+        assert all(r["record_count"] == 10 for r in posts), "under a backlog every array is full"
+        assert len(posts) == 40
+    finally:
+        await emu.http.close()
+        await server.close()
+
+
+async def test_sample_events_flow_end_to_end(
+    kafka_bootstrap: str, new_topic: NewTopicFactory, group_id: str, emulator: Emulator
+) -> None:
+    buildings, meters, dlq = await new_topic(), await new_topic(), await new_topic(prefix="dlq")
+    events = list(
+        sample_events(2000, building_topic=buildings, meter_topic=meters, ids=200, seed=3)
+    )
+    await produce(kafka_bootstrap, [(e.topic, e.key, e.value) for e in events])
+    invalid = sum(e.invalid for e in events)
+    settings = settings_for(
+        emulator, kafka_bootstrap, [buildings, meters], f"{group_id}-{uuid.uuid4().hex[:4]}", dlq
+    )
+    ends: dict[str, dict[int, int]] = {}
+
+    async def caught_up() -> bool:
+        for t in (buildings, meters):
+            ends[t] = await end_offsets(kafka_bootstrap, t)
+        committed = {
+            t: await committed_offsets(kafka_bootstrap, t, settings.kafka.group_id) for t in ends
+        }
+        return all(committed[t] == ends[t] for t in ends)
+
+    pipeline = await run_until(settings, caught_up, timeout=90)
+    assert pipeline.stats.consumed == 2000
+    assert pipeline.stats.dead_lettered >= invalid
+    meter_ids = {e.key for e in events if e.topic == meters and not e.invalid}
+    stored = await emulator.entities("meter")
+    if len(stored) != len(meter_ids):
+        async with emulator.http.get(f"{emulator.base_url}/batch"):
+            pass
+    assert len(stored) == len(meter_ids)

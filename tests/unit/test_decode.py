@@ -1,0 +1,139 @@
+"""Decoding: every accepted format, and what each kind of bad record becomes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+import pytest
+
+from connector.decode import Change, Decoder, Reason, Rejection
+
+
+@dataclass
+class Rec:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+
+
+DECODER = Decoder({"meter-changes": "meter", "floors": "floor"}, max_record_bytes=2048)
+
+
+def change(topic: str, key: bytes | None, value: object) -> Change:
+    raw = value if isinstance(value, bytes) or value is None else orjson.dumps(value)
+    result = DECODER.decode(Rec(topic, key, raw))
+    assert isinstance(result, Change), result
+    return result
+
+
+def rejection(topic: str, key: bytes | None, value: object) -> Rejection:
+    raw = value if isinstance(value, bytes) or value is None else orjson.dumps(value)
+    result = DECODER.decode(Rec(topic, key, raw))
+    assert isinstance(result, Rejection), result
+    return result
+
+
+def test_native_record_takes_entity_and_id_from_itself() -> None:
+    c = change("any", None, {"buildingId": "b-1", "eventType": "BuildingAdded", "siteId": "s"})
+    assert (c.entity.endpoint, c.external_id) == ("building", "b-1")
+    assert orjson.loads(c.payload) == {
+        "buildingId": "b-1",
+        "eventType": "BuildingAdded",
+        "siteId": "s",
+    }
+
+
+def test_kafka_key_is_the_id_when_the_record_has_none() -> None:
+    c = change("any", b"b-7", {"eventType": "BuildingUpdated"})
+    assert c.external_id == "b-7"
+    assert orjson.loads(c.payload)["buildingId"] == "b-7"
+
+
+def test_key_and_id_that_disagree_are_rejected() -> None:
+    r = rejection("any", b"b-1", {"buildingId": "b-2", "eventType": "BuildingAdded"})
+    assert r.reason is Reason.INVALID_RECORD
+    assert "disagree" in r.message
+
+
+def test_json_object_keys_fall_back_to_the_id_field() -> None:
+    c = change("any", b'{"id": 5}', {"buildingId": "b-5", "eventType": "BuildingAdded"})
+    assert c.external_id == "b-5"
+
+
+def test_topic_mapping_supplies_entity_without_event_type() -> None:
+    c = change("meter-changes", b"m-1", {"buildingId": "b-1"})
+    assert c.entity.endpoint == "meter"
+    assert orjson.loads(c.payload)["eventType"] == "MeterUpdated"
+
+
+@pytest.mark.parametrize(("op", "kind"), [("c", "Added"), ("r", "Added"), ("u", "Updated")])
+def test_cdc_envelopes_with_and_without_payload_wrapper(op: str, kind: str) -> None:
+    after = {"floorId": "f-1", "buildingId": "b", "name": "L1", "validFrom": "x", "validUntil": "y"}
+    envelope = {"before": None, "after": after, "op": op, "source": {"table": "floor"}}
+    for value in (envelope, {"schema": {}, "payload": envelope}):
+        c = change("cdc", None, value)
+        assert c.entity.endpoint == "floor"
+        assert orjson.loads(c.payload)["eventType"] == f"Floor{kind}"
+
+
+def test_cdc_delete_uses_before() -> None:
+    envelope = {
+        "before": {"meterId": "m-9"},
+        "after": None,
+        "op": "d",
+        "source": {"table": "meter"},
+    }
+    c = change("cdc", None, envelope)
+    assert orjson.loads(c.payload) == {"meterId": "m-9", "eventType": "MeterDeleted"}
+
+
+def test_tombstone_on_a_mapped_topic_deletes() -> None:
+    c = change("floors", b"f-3", None)
+    assert orjson.loads(c.payload) == {"floorId": "f-3", "eventType": "FloorDeleted"}
+
+
+@pytest.mark.parametrize(
+    ("topic", "key", "value", "reason", "text"),
+    [
+        ("t", b"k", b"{not json", Reason.INVALID_JSON, "not JSON"),
+        ("t", b"k", b"[1, 2]", Reason.INVALID_RECORD, "JSON list, not an object"),
+        ("t", None, {"eventType": "BuildingAdded"}, Reason.MISSING_ID, "no buildingId"),
+        ("t", b"k", {"eventType": "SpaceshipAdded"}, Reason.UNKNOWN_ENTITY, "SpaceshipAdded"),
+        ("t", b"k", {"name": "x"}, Reason.UNKNOWN_ENTITY, "no eventType"),
+        ("t", b"k", b"x" * 4096, Reason.RECORD_TOO_LARGE, "4096 bytes"),
+        ("t", b"f", {"eventType": "FloorAdded"}, Reason.INVALID_RECORD, "misses required fields"),
+        ("t", b"a", {"eventType": "AddressDeleted"}, Reason.INVALID_RECORD, "cannot be deleted"),
+        ("t", b"k" * 51, {"eventType": "BuildingAdded"}, Reason.INVALID_RECORD, "51 characters"),
+        ("t", None, None, Reason.MISSING_ID, "without a key"),
+        ("t", b"k", None, Reason.UNKNOWN_ENTITY, "not mapped"),
+        (
+            "t",
+            None,
+            {"op": "u", "before": None, "source": {"table": "meter"}},
+            Reason.INVALID_RECORD,
+            "no 'after'",
+        ),
+        ("t", None, {"op": "x", "after": {}}, Reason.INVALID_RECORD, "unknown op"),
+        ("t", None, {"op": "c", "source": {"table": "floor"}}, Reason.INVALID_RECORD, "no 'after'"),
+        (
+            "t",
+            None,
+            {"op": "c", "after": {}, "source": {"table": "rockets"}},
+            Reason.UNKNOWN_ENTITY,
+            "rockets",
+        ),
+        ("t", b"m", {"eventType": "MeterAdded"}, Reason.INVALID_RECORD, "needs one of buildingId"),
+    ],
+)
+def test_bad_records_get_a_reason_and_a_message(
+    topic: str, key: bytes | None, value: object, reason: Reason, text: str
+) -> None:
+    r = rejection(topic, key, value)
+    assert r.reason is reason
+    assert text in r.message
+
+
+def test_unknown_entity_in_mapping_is_a_config_error() -> None:
+    with pytest.raises(ValueError, match="unknown entity 'rocket'"):
+        Decoder({"t": "rocket"}, 100)
