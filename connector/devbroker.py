@@ -43,6 +43,7 @@ __all__ = [
     "LocalBroker",
     "find_or_start_broker",
     "free_port",
+    "port_open",
     "resolve_jars",
 ]
 
@@ -240,7 +241,7 @@ class LocalBroker(Broker):
                 )
             with self.log_path.open("rb") as log:
                 log.seek(offset)
-                if READY_LINE.encode() in log.read() and _port_open(self.port):
+                if READY_LINE.encode() in log.read() and port_open(self.port):
                     return
             time.sleep(0.1)
         self.kill()
@@ -328,7 +329,7 @@ class DockerBroker(Broker):
                 [_docker(), "logs", self.container], capture_output=True, text=True,
                 check=False, timeout=30,
             )  # fmt: skip
-            if READY_LINE in logs.stdout + logs.stderr and _port_open(self.port):
+            if READY_LINE in logs.stdout + logs.stderr and port_open(self.port):
                 return
             time.sleep(0.5)
         self.stop()
@@ -342,7 +343,7 @@ class DockerBroker(Broker):
             )  # fmt: skip
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -5,168 +5,29 @@ request log, and on the dead-letter topic."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-import anyio
 import orjson
 import pytest
-from aiohttp.test_utils import TestServer
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from connector.app import Pipeline, run_connector
-from connector.config import Settings
-from connector.emulators.buildingminds import EmulatorOptions, create_app
+from connector.emulators.buildingminds import EmulatorOptions
 from connector.samples import sample_events
-from tests.kafka_fixtures import NewTopicFactory, wait_until
+from tests.integration.helpers import (
+    Emulator,
+    building,
+    committed_offsets,
+    end_offsets,
+    produce,
+    read_topic,
+    run_until,
+    settings_for,
+    start_emulator,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from tests.kafka_fixtures import NewTopicFactory
 
 pytestmark = [pytest.mark.anyio, pytest.mark.kafka]
-
-
-@dataclass
-class Emulator:
-    url: str
-    http: aiohttp.ClientSession
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.url}/api/digitaltwinintegration"
-
-    @property
-    def token_url(self) -> str:
-        return f"{self.url}/buildingminds.onmicrosoft.com/oauth2/v2.0/token"
-
-    async def entities(self, entity: str) -> dict[str, dict[str, Any]]:
-        async with self.http.get(f"{self.url}/_emulator/entities", params={"entity": entity}) as r:
-            found = (await r.json())["entities"].get(entity, [])
-        id_field = {"building": "buildingId", "floor": "floorId", "meter": "meterId"}.get(
-            entity, f"{entity}Id"
-        )
-        return {e[id_field]: e for e in found}
-
-    async def requests(self) -> list[dict[str, Any]]:
-        async with self.http.get(f"{self.url}/_emulator/requests") as r:
-            entries: list[dict[str, Any]] = (await r.json())["requests"]
-            return entries
-
-    async def faults(self, **body: Any) -> None:
-        async with self.http.post(f"{self.url}/_emulator/faults", json=body) as r:
-            assert r.status == 200, await r.text()
-
-
-async def start_emulator(options: EmulatorOptions) -> tuple[TestServer, Emulator]:
-    server = TestServer(create_app(options), host="127.0.0.1")
-    await server.start_server()
-    http = aiohttp.ClientSession()
-    return server, Emulator(str(server.make_url("")).rstrip("/"), http)
-
-
-@pytest.fixture
-async def emulator() -> AsyncIterator[Emulator]:
-    server, emu = await start_emulator(EmulatorOptions(processing_delay_seconds=0))
-    try:
-        yield emu
-    finally:
-        await emu.http.close()
-        await server.close()
-
-
-def settings_for(
-    emu: Emulator, bootstrap: str, topics: list[str], group: str, dlq: str, **sections: Any
-) -> Settings:
-    raw: dict[str, Any] = {
-        "kafka": {
-            "bootstrap_servers": bootstrap, "group_id": group, "topics": topics,
-            "dead_letter_topic": dlq, "topic_entities": {},
-        },
-        "sink": {
-            "base_url": emu.base_url, "token_url": emu.token_url, "client_id": "demo-client",
-            "client_secret": "demo-secret", "scope": "api://buildingminds-emulator",
-            "retry_backoff_seconds": 0.05, "retry_backoff_max_seconds": 0.5,
-            "request_timeout_seconds": 5,
-        },
-        "window": {"max_records": 100, "max_wait_seconds": 0.2},
-        "pipeline": {"commit_interval_seconds": 0.5, "shutdown_grace_seconds": 10},
-        "metrics": {"port": 0},
-    }  # fmt: skip
-    for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
-    return Settings.model_validate(raw)
-
-
-async def produce(bootstrap: str, events: Sequence[tuple[str, bytes | None, bytes | None]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        for topic, key, value in events:
-            await producer.send(topic, key=key, value=value)
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-async def read_topic(bootstrap: str, topic: str, count: int) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-
-        async def enough() -> bool:
-            for batch in (await consumer.getmany(timeout_ms=100)).values():
-                records.extend(batch)
-            return len(records) >= count
-
-        await wait_until(enough, timeout=30, what=f"{count} records on {topic}")
-    finally:
-        await consumer.stop()
-    return records
-
-
-async def committed_offsets(bootstrap: str, topic: str, group: str) -> dict[int, int | None]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
-    await consumer.start()
-    try:
-        return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(3)}
-    finally:
-        await consumer.stop()
-
-
-async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(3)])
-        return {tp.partition: end for tp, end in ends.items()}
-    finally:
-        await consumer.stop()
-
-
-async def run_until(
-    settings: Settings, done: Callable[[], Any], *, timeout: float = 60
-) -> Pipeline:
-    """Run the connector until `done()` is true, then drain it like SIGTERM would."""
-    async with anyio.create_task_group() as tg:
-        pipeline: Pipeline = await tg.start(
-            lambda task_status: run_connector(
-                settings, handle_signals=False, task_status=task_status
-            )
-        )
-        await wait_until(done, timeout=timeout, interval=0.1, what="the connector's work")
-        pipeline.begin_drain()
-    return pipeline
-
-
-def building(i: int, rev: int) -> tuple[bytes, bytes]:
-    bid = f"b-{i}"
-    return bid.encode(), orjson.dumps(
-        {"buildingId": bid, "eventType": "BuildingUpdated", "name": f"B {i}", "revision": rev}
-    )
 
 
 async def test_newest_version_of_every_id_is_stored_from_coalesced_arrays(
@@ -371,3 +232,32 @@ async def test_sample_events_flow_end_to_end(
         async with emulator.http.get(f"{emulator.base_url}/batch"):
             pass
     assert len(stored) == len(meter_ids)
+
+
+async def test_a_token_that_expires_mid_run_is_renewed_before_it_is_used_expired(
+    kafka_bootstrap: str, new_topic: NewTopicFactory, group_id: str
+) -> None:
+    server, emu = await start_emulator(
+        EmulatorOptions(processing_delay_seconds=0, token_lifetime_seconds=4)
+    )
+    try:
+        topic, dlq = await new_topic(), await new_topic(prefix="dlq")
+        settings = settings_for(
+            emu, kafka_bootstrap, [topic], group_id, dlq, window={"max_wait_seconds": 0.05}
+        )
+        produced = 0
+
+        async def trickle() -> bool:  # one record per poll: about 9 s of steady traffic
+            nonlocal produced
+            if produced < 90:
+                await produce(kafka_bootstrap, [(topic, *building(produced, 0))])
+                produced += 1
+            return produced == 90 and len(await emu.entities("building")) == 90
+
+        await run_until(settings, trickle, timeout=60)
+        log = await emu.requests()
+        assert [r for r in log if r["status"] == 401] == [], "an expired token was used"
+        assert len([r for r in log if r["path"].endswith("/token")]) >= 3
+    finally:
+        await emu.http.close()
+        await server.close()

@@ -1,0 +1,23 @@
+"""Fixtures of the integration tests: an emulator on a real loopback socket per test."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from connector.emulators.buildingminds import EmulatorOptions
+from tests.integration.helpers import Emulator, start_emulator
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    server, emu = await start_emulator(EmulatorOptions(processing_delay_seconds=0))
+    try:
+        yield emu
+    finally:
+        await emu.http.close()
+        await server.close()
