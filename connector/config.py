@@ -66,6 +66,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
 
+def _existing_file(value: Path | None) -> Path | None:
+    if value is not None and not value.is_file():
+        raise ValueError(f"file {value} does not exist or is not a file")
+    return value
+
+
 def _http_url(value: str) -> str:
     if not value.startswith(("http://", "https://")) or value.endswith("://"):
         raise ValueError("must be an http:// or https:// URL")
@@ -88,6 +94,11 @@ class KafkaSettings(_Section):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     topic_entities: dict[str, str] = {}
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _files_exist(cls, value: Path | None) -> Path | None:
+        return _existing_file(value)
 
     @field_validator("topic_entities")
     @classmethod
@@ -152,6 +163,11 @@ class SinkSettings(_Section):
     @classmethod
     def _urls(cls, value: str) -> str:
         return _http_url(value)
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_exists(cls, value: Path | None) -> Path | None:
+        return _existing_file(value)
 
     @field_validator("client_id", "scope")
     @classmethod

@@ -177,3 +177,13 @@ def test_no_secret_in_reprs_summaries_or_errors(tmp_path: Path) -> None:
     message = str(problems_of(bad))
     assert SECRET not in message
     assert "window.max_records: Input should be a valid integer" in message
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).parents[2] / "config").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_every_shipped_config_loads(path: Path) -> None:
+    settings = load_settings(path, {})
+    assert settings.sink.client_id
