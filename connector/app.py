@@ -43,12 +43,16 @@ from connector.errors import (
     EndpointMisconfigured,
     RateLimited,
     RequestRejected,
+    ServerError,
+    TokenEndpointUnavailable,
+    Unauthorized,
 )
 from connector.logs import get_logger
 from connector.metrics import Metrics
 from connector.offsets import OffsetTracker, TopicPartitionKey
 from connector.ratelimit import Backoff, RollingWindowLimiter
 from connector.sinks.buildingminds import BuildingMindsSink
+from connector.tracker import Outcome, StatusSource, Tracker
 from connector.window import Batch, Ref, Slot, Window
 
 if TYPE_CHECKING:
@@ -60,6 +64,13 @@ if TYPE_CHECKING:
 __all__ = ["Pipeline", "build_sink", "client_session", "kafka_options", "run_connector"]
 
 log = get_logger(__name__)
+
+# retry reasons are a small fixed label set (connector_api_retries_total{reason})
+_RETRY_REASONS: dict[type[Exception], str] = {
+    ServerError: "server_error",
+    Unauthorized: "unauthorized",
+    TokenEndpointUnavailable: "token_unavailable",
+}
 
 
 def kafka_options(settings: Settings) -> dict[str, Any]:
@@ -139,6 +150,15 @@ class Pipeline:
             clock=clock,
         )
         self.offsets = OffsetTracker()
+        t = settings.tracking
+        self.tracker: Tracker | None = None
+        if t.enabled and isinstance(sink, StatusSource):
+            self.tracker = Tracker(
+                sink, limiter, on_terminal=self._terminal,
+                submissions_waiting=lambda: self.window.ready(self._held) is not None,
+                poll_interval=t.poll_interval_seconds, max_poll_share=t.max_poll_share,
+                parent_patience=t.parent_patience_seconds, clock=clock, on_poll=metrics.polled,
+            )  # fmt: skip
         self.backoff = Backoff(
             base=settings.sink.retry_backoff_seconds, cap=settings.sink.retry_backoff_max_seconds
         )
@@ -227,8 +247,8 @@ class Pipeline:
             held = self._held_endpoints()
             entity = self.window.ready(held)
             if entity is None:
-                if self.draining and self.window.is_empty():
-                    return
+                if self.draining:
+                    return  # draining makes every eligible record ready: none is left
                 due = self.window.next_due(held)
                 waits = [d - self.clock() for d in (due, *self._held.values()) if d is not None]
                 timeout = max(min(waits, default=1.0), 0.005)
@@ -304,7 +324,7 @@ class Pipeline:
                 if not exc.retriable:
                     raise
                 self.metrics.request(endpoint, "retriable_error")
-                self.metrics.retry(type(exc).__name__)
+                self.metrics.retry(_RETRY_REASONS.get(type(exc), "other"))
                 delay = self.backoff.delay(attempt)
                 attempt += 1
                 log.warning(
@@ -348,13 +368,23 @@ class Pipeline:
         now_ms = time.time() * 1000
         latencies: list[float] = []
         delivered = 0
+        tracking = self.tracker is not None and result.batch_id is not None
+        finish_now = not tracking or self.settings.tracking.commit_on == "accepted"
         for index, slot in enumerate(batch.slots):
             if index in failed:
                 continue
             delivered += len(slot.refs)
             latencies.append((now_ms - slot.refs[-1].timestamp_ms) / 1000)
-            self._finish_refs(slot.refs)
-        self.window.finish(batch)
+            if finish_now:
+                self._finish_refs(slot.refs)
+        if tracking:
+            # the IDs stay in flight until the batch is terminal: a newer version waits
+            assert self.tracker is not None  # noqa: S101 - tracking implies a tracker
+            assert result.batch_id is not None  # noqa: S101 - and a batch ID
+            self.tracker.track(result.batch_id, batch, frozenset(failed))
+            self.metrics.set_tracking(self.tracker.tracked, self.tracker.waiting_for_parent())
+        else:
+            self.window.finish(batch)
         self.metrics.request(endpoint, "partial" if failed else "accepted")
         self.metrics.delivered(endpoint, delivered, latencies)
         self.stats.delivered += delivered
@@ -365,6 +395,42 @@ class Pipeline:
                 "batch_id": result.batch_id, "request_id": result.request_id,
                 "duration_s": round(seconds, 4), "outcome": "partial" if failed else "accepted",
             },
+        )  # fmt: skip
+
+    async def _terminal(self, batch: Batch, batch_id: str, outcome: Outcome) -> None:
+        """The tracker's report: dead-letter the asynchronous failures, finish the rest."""
+        assert self.tracker is not None  # noqa: S101 - only the tracker calls this
+        completed_mode = self.settings.tracking.commit_on == "completed"
+        now_ms = time.time() * 1000
+        for index, (status, message) in outcome.failed.items():
+            slot = batch.slots[index]
+            self.metrics.terminal(status, len(slot.refs))
+            await self._dead_letter_slot(
+                slot, reason=Reason.BATCH_FAILED, message=f"{status}: {message}",
+                status=None, batch_id=batch_id, request_id=None,
+                finish=completed_mode,
+            )  # fmt: skip
+        succeeded = 0
+        for index, slot in enumerate(batch.slots):
+            if index in outcome.failed:
+                continue
+            if index in outcome.waiting:
+                self.metrics.terminal("waiting_for_parent", len(slot.refs))
+            else:
+                succeeded += len(slot.refs)
+                self.metrics.onboarded((now_ms - slot.refs[-1].timestamp_ms) / 1000)
+            if completed_mode:
+                self._finish_refs(slot.refs)
+        self.metrics.terminal(batch.entity.success_status, succeeded)
+        self.window.finish(batch)
+        self.metrics.set_tracking(self.tracker.tracked, self.tracker.waiting_for_parent())
+        self._check_idle()
+        self._notify()
+        log.info(
+            "batch terminal: /%s %s, %d failed, %d waiting for a parent",
+            batch.entity.endpoint, batch_id, len(outcome.failed), len(outcome.waiting),
+            extra={"endpoint": batch.entity.endpoint, "batch_id": batch_id,
+                   "statuses": outcome.statuses},
         )  # fmt: skip
 
     def _finish_refs(self, refs: list[Ref]) -> None:
@@ -381,6 +447,7 @@ class Pipeline:
         status: int | None,
         batch_id: str | None,
         request_id: str | None,
+        finish: bool = True,
     ) -> None:
         ref = slot.refs[-1]
         letter = DeadLetter(
@@ -388,7 +455,7 @@ class Pipeline:
             message=message, topic=ref.tp.topic, partition=ref.tp.partition, offset=ref.offset,
             http_status=status, batch_id=batch_id, request_id=request_id,
         )  # fmt: skip
-        await self._dead_letter(letter, reason, slot.refs)
+        await self._dead_letter(letter, reason, slot.refs if finish else [])
 
     async def _dead_letter(self, letter: DeadLetter, reason: Reason, refs: list[Ref]) -> None:
         """Write until acknowledged (retrying with backoff), then finish the records."""
@@ -410,13 +477,17 @@ class Pipeline:
             self._dead_letters_open -= 1
             self._check_idle()
 
+    def _busy(self) -> bool:
+        tracked = self.tracker.tracked if self.tracker is not None else 0
+        return bool(self._in_flight or self._dead_letters_open or tracked)
+
     def _check_idle(self) -> None:
-        if not self._in_flight and not self._dead_letters_open:
+        if not self._busy():
             self._idle.set()
 
     async def _wait_idle(self) -> None:
-        """Until no request and no dead-letter write is under way."""
-        while self._in_flight or self._dead_letters_open:
+        """Until no request, dead-letter write or tracked batch is open."""
+        while self._busy():
             self._idle = anyio.Event()
             await self._idle.wait()
 
@@ -443,13 +514,12 @@ class Pipeline:
             self._update_lag()
 
     def _update_lag(self) -> None:
+        """Lag = the log end minus the first unfinished record (what a restart would re-read)."""
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
-            pos = self.offsets.committable({TopicPartitionKey(tp.topic, tp.partition)})
-            if high is not None:
-                position = pos.get(TopicPartitionKey(tp.topic, tp.partition))
-                if position is not None:
-                    self.metrics.set_lag(tp.topic, tp.partition, max(high - position, 0))
+            position = self.offsets.position(TopicPartitionKey(tp.topic, tp.partition))
+            if high is not None and position is not None:
+                self.metrics.set_lag(tp.topic, tp.partition, max(high - position, 0))
 
     async def partitions_revoked(self, revoked: set[TopicPartitionKey]) -> None:
         """Called by aiokafka before a rebalance: finish what is in flight (bounded), commit."""
@@ -502,6 +572,8 @@ class Pipeline:
                     tg.start_soon(self._watch_signals, outer)
                 tg.start_soon(self._commit_loop)
                 tg.start_soon(self._consume)
+                if self.tracker is not None:
+                    tg.start_soon(self.tracker.run)
                 self.ready = True
                 task_status.started()
                 await self._schedule()  # returns once draining and nothing is pending

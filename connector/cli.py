@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cli_arguments(emulate)
 
+    batches = sub.add_parser("batches", help="list recent batches and their status")
+    _config_arg(batches)
+    batches.add_argument("--limit", type=int, default=20, metavar="N")
+    batches.add_argument("--batch-id", default=None, help="show one batch and its failed records")
+
     produce = sub.add_parser(
         "produce-sample", help="write realistic building and meter change events to Kafka"
     )
@@ -130,6 +135,16 @@ def cmd_produce_sample(args: argparse.Namespace, out: TextIO, err: TextIO) -> in
     return EXIT_OK
 
 
+def cmd_batches(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    settings = _load(args, err)
+    if settings is None:
+        return EXIT_USAGE
+    from connector.commands import list_batches  # noqa: PLC0415 - keeps --help fast
+
+    ok = anyio.run(functools.partial(list_batches, settings, args.limit, args.batch_id, out, err))
+    return EXIT_OK if ok else EXIT_CHECK_FAILED
+
+
 def cmd_emulate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     del out, err
     from connector.emulators.buildingminds import run_from_args  # noqa: PLC0415
@@ -140,6 +155,7 @@ def cmd_emulate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
     "run": cmd_run,
     "check": cmd_check,
+    "batches": cmd_batches,
     "emulate": cmd_emulate,
     "produce-sample": cmd_produce_sample,
 }

@@ -25,11 +25,12 @@ from connector.errors import (
 )
 from connector.metrics import Metrics
 from connector.samples import sample_events
+from connector.tracker import FAILED
 
 if TYPE_CHECKING:
     from connector.config import Settings
 
-__all__ = ["produce_sample", "run_check"]
+__all__ = ["list_batches", "produce_sample", "run_check"]
 
 
 def _fix_for(exc: ApiError) -> str:
@@ -76,6 +77,46 @@ async def run_check(settings: Settings, out: TextIO, err: TextIO) -> bool:
             return False
         total = listing.get("totalCount", len(listing.get("data") or []))
         print(f"GET /batch: ok ({total} batches visible)", file=out)
+        return True
+    finally:
+        await sink.session.close()
+        await session.close()
+
+
+async def list_batches(
+    settings: Settings, limit: int, batch_id: str | None, out: TextIO, err: TextIO
+) -> bool:
+    """`batches`: recent batches with their status counts; one batch's failed records."""
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    session = client_session(settings)
+    sink, _ = await build_sink(settings, Metrics(CollectorRegistry()), session)
+    try:
+        listing = await sink.list_batches(limit=limit, batch_id=batch_id)
+        rows = listing.get("data") or []
+        print(f"{'batch':36}  {'endpoint':26}  {'created':24}  {'records':>7}  statuses", file=out)
+        for item in rows:
+            counts = item.get("statusCounts") or {}
+            statuses = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+            endpoint = item.get("endpoint", item.get("entity", ""))
+            print(
+                f"{item.get('batchId', '')!s:36}  {endpoint!s:26}  "
+                f"{item.get('createdAt', '')!s:24}  {item.get('recordCount', '')!s:>7}  "
+                f"{statuses or item.get('status', '')}",
+                file=out,
+            )
+        if batch_id is not None:
+            for status in sorted(FAILED):
+                for record in await sink.inbound(batch_id, status=status):
+                    print(
+                        f"  {status}: {record.get('externalId')}: {record.get('message')}",
+                        file=out,
+                    )
+        print(f"{len(rows)} of {listing.get('totalCount', len(rows))} batches", file=out)
+    except (ApiError, AuthError) as exc:
+        print(f"FAILED: {exc}", file=err)
+        return False
+    else:
         return True
     finally:
         await sink.session.close()

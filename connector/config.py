@@ -45,6 +45,7 @@ __all__ = [
     "RateLimitSettings",
     "Settings",
     "SinkSettings",
+    "TrackingSettings",
     "WindowSettings",
     "env_name",
     "load_settings",
@@ -208,6 +209,16 @@ class PipelineSettings(_Section):
     shutdown_grace_seconds: PositiveFloat = 30.0
 
 
+class TrackingSettings(_Section):
+    """Following accepted batches to their final status."""
+
+    enabled: bool = True
+    commit_on: Literal["completed", "accepted"] = "completed"
+    poll_interval_seconds: PositiveFloat = 5.0
+    max_poll_share: Annotated[float, Field(gt=0, le=1)] = 0.2
+    parent_patience_seconds: Annotated[float, Field(ge=0)] = 600.0
+
+
 class MetricsSettings(_Section):
     """The HTTP port that serves /metrics, /healthz and /readyz (0 turns it off)."""
 
@@ -227,6 +238,7 @@ class Settings(_Section):
     sink: SinkSettings
     window: WindowSettings = WindowSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    tracking: TrackingSettings = TrackingSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
 
@@ -360,6 +372,7 @@ _FIELD_SETS: dict[str, type[BaseModel]] = {
     "sink.rate_limit": RateLimitSettings,
     "window": WindowSettings,
     "pipeline": PipelineSettings,
+    "tracking": TrackingSettings,
     "metrics": MetricsSettings,
     "logging": LoggingSettings,
 }

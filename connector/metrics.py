@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from connector import __version__
 
@@ -118,8 +118,38 @@ class Metrics:
             "Unix time of the last successful offset commit",
             registry=r,
         )
+        self._terminal = Counter(
+            f"{p}records_terminal",
+            "Records that reached a final batch status",
+            ["status"],
+            registry=r,
+        )
+        self._polls = Counter(
+            f"{p}status_polls", "Batch status requests by outcome", ["outcome"], registry=r
+        )
+        self._tracked = Gauge(
+            f"{p}batches_tracked", "Accepted batches not yet terminal", registry=r
+        )
+        self._waiting = Gauge(
+            f"{p}records_waiting_for_parent",
+            "Records the platform holds until their parent arrives",
+            registry=r,
+        )
         self._build = Gauge(f"{p}build_info", "Build information", ["version"], registry=r)
-        self._build.labels(version=__version__).set(1)  # fmt: skip
+        self._build.labels(version=__version__).set(1)
+        ProcessCollector(registry=registry)  # process_cpu_seconds_total, resident memory, fds
+        # known label values start at 0, so increase() sees the first event
+        for reason in ("invalid_json", "missing_id", "unknown_entity", "invalid_record",
+                       "record_too_large", "api_rejected", "batch_failed"):  # fmt: skip
+            self._dead.labels(reason=reason)
+        for reason in ("rate_limited", "server_error", "unauthorized", "token_unavailable"):
+            self._retries.labels(reason=reason)
+        for outcome in ("success", "rejected", "unavailable"):
+            self._refreshes.labels(outcome=outcome)
+        for outcome in ("success", "failed"):
+            self._commits.labels(outcome=outcome)
+        for outcome in ("success", "error", "rate_limited"):
+            self._polls.labels(outcome=outcome)  # fmt: skip
 
     # intake
     def consumed(self, topic: str, count: int = 1) -> None:
@@ -150,6 +180,17 @@ class Metrics:
 
     def onboarded(self, seconds: float) -> None:
         self._onboarding.observe(max(seconds, 0.0))
+
+    def terminal(self, status: str, count: int = 1) -> None:
+        """`count` records reached `status` (a documented batch status, or waiting_for_parent)."""
+        self._terminal.labels(status=status).inc(count)
+
+    def polled(self, outcome: str) -> None:
+        self._polls.labels(outcome=outcome).inc()
+
+    def set_tracking(self, batches: int, waiting_for_parent: int) -> None:
+        self._tracked.set(batches)
+        self._waiting.set(waiting_for_parent)
 
     def rate_limit_waited(self, seconds: float) -> None:
         if seconds > 0:

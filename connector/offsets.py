@@ -88,6 +88,11 @@ class OffsetTracker:
                 result[tp] = pos
         return result
 
+    def position(self, tp: TopicPartitionKey) -> int | None:
+        """The committable position of one partition (None: nothing consumed from it yet)."""
+        part = self._partitions.get(tp)
+        return None if part is None else part.position()
+
     def committed(self, positions: dict[TopicPartitionKey, int]) -> None:
         self._committed.update(positions)
 

@@ -78,18 +78,44 @@ class BuildingMindsSink:
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             raise ServerError(f"POST /{endpoint} failed: {type(exc).__name__}: {exc}") from exc
 
-    async def list_batches(self, limit: int = 10) -> dict[str, Any]:
-        """`GET /batch`: the read-only call `check` uses to prove the credential works."""
-        url = f"{self.base_url}/batch"
+    async def list_batches(
+        self, *, limit: int = 10, skip: int = 0, batch_id: str | None = None
+    ) -> dict[str, Any]:
+        """`GET /batch`, newest first: `{message, totalCount, data: [...]}`."""
+        params = {"limit": str(limit), "skip": str(skip)}
+        if batch_id is not None:
+            params["batchId"] = batch_id
+        data = await self._get("batch", params)
+        return data if isinstance(data, dict) else {"data": data}
+
+    async def inbound(
+        self,
+        batch_id: str,
+        *,
+        status: str | None = None,
+        missing_dependencies: bool | None = None,
+        limit: int = 1000,
+    ) -> list[dict[str, Any]]:
+        """`GET /batch/{batchId}/inbound`: the records of one batch, optionally filtered."""
+        params = {"limit": str(limit)}
+        if status is not None:
+            params["status"] = status
+        if missing_dependencies is not None:
+            params["missingDependencies"] = "true" if missing_dependencies else "false"
+        data = await self._get(f"batch/{batch_id}/inbound", params)
+        items = data.get("data") if isinstance(data, dict) else data
+        return [i for i in items or [] if isinstance(i, dict)]
+
+    async def _get(self, path: str, params: dict[str, str]) -> Any:
+        url = f"{self.base_url}/{path}"
         try:
-            async with self.session.get(url, params={"limit": str(limit)}) as response:
+            async with self.session.get(url, params=params) as response:
                 raw = await response.read()
                 if response.status == 200:
-                    data = orjson.loads(raw) if raw else {}
-                    return data if isinstance(data, dict) else {"data": data}
-                self._raise(response, raw, "GET /batch")
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise ServerError(f"GET /batch failed: {type(exc).__name__}: {exc}") from exc
+                    return _json(raw) or {}
+                self._raise(response, raw, f"GET /{path}")
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
+            raise ServerError(f"GET /{path} failed: {type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover - _raise always raises
 
     def _result(

@@ -75,6 +75,7 @@ def settings_for(
         },
         "window": {"max_records": 100, "max_wait_seconds": 0.2},
         "pipeline": {"commit_interval_seconds": 0.5, "shutdown_grace_seconds": 10},
+        "tracking": {"poll_interval_seconds": 0.2},
         "metrics": {"port": 0},
     }  # fmt: skip
     for section, values in sections.items():

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from typing import TYPE_CHECKING
 
 import pytest
@@ -107,3 +110,33 @@ def test_unreachable_token_endpoint_is_named(tmp_path: Path, emulator_url: str) 
     code, _, err = check(tmp_path, emulator_url, token_url=dead)
     assert code == EXIT_CHECK_FAILED
     assert f"token endpoint {dead} is not reachable" in err
+
+
+def test_batches_lists_recent_batches_with_their_status(tmp_path: Path, emulator_url: str) -> None:
+    token = post_form(
+        f"{emulator_url}/x/oauth2/v2.0/token",
+        {"client_id": "demo-client", "client_secret": SECRET, "grant_type": "client_credentials",
+         "scope": "api://buildingminds-emulator/.default"},
+    )["access_token"]  # fmt: skip
+    body = b'[{"buildingId": "B-77", "eventType": "BuildingAdded", "name": "__fail_async__"}]'
+    request = urllib.request.Request(  # noqa: S310 - a loopback URL of the test
+        f"{emulator_url}/api/digitaltwinintegration/building", data=body, method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request) as response:  # noqa: S310
+        batch_id = json.loads(response.read())["batchId"]
+    check(tmp_path, emulator_url)  # writes c.yaml
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["batches", "--config", str(tmp_path / "c.yaml"), "--batch-id", batch_id], out, err)
+    assert code == EXIT_OK, err.getvalue()
+    text = out.getvalue()
+    assert batch_id in text
+    assert "/building" in text
+    assert "1 of 1 batches" in text
+
+
+def post_form(url: str, fields: dict[str, str]) -> dict[str, str]:
+    data = urllib.parse.urlencode(fields).encode()
+    with urllib.request.urlopen(url, data=data) as response:  # noqa: S310 - loopback
+        result: dict[str, str] = json.loads(response.read())
+        return result

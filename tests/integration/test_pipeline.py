@@ -5,6 +5,7 @@ request log, and on the dead-letter topic."""
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -194,8 +195,13 @@ async def test_backlog_never_exceeds_the_rolling_window_and_causes_no_429(
         log = [r for r in await emu.requests() if "/api/" in r["path"]]
         assert all(r["status"] != 429 for r in log), "the connector caused a 429"
         posts = [r for r in log if r["method"] == "POST"]
+        polls = [r for r in log if r["method"] == "GET"]
         assert all(r["record_count"] == 10 for r in posts), "under a backlog every array is full"
         assert len(posts) == 40
+        assert polls, "status polls share the same budget and must have run"
+        times = sorted(datetime.fromisoformat(r["time"]).timestamp() for r in log)
+        worst = max(sum(1 for t in times if start <= t < start + per) for start in times)
+        assert worst <= budget, f"{worst} requests within one {per} s window"
     finally:
         await emu.http.close()
         await server.close()
@@ -238,13 +244,16 @@ async def test_a_token_that_expires_mid_run_is_renewed_before_it_is_used_expired
     kafka_bootstrap: str, new_topic: NewTopicFactory, group_id: str
 ) -> None:
     server, emu = await start_emulator(
-        EmulatorOptions(processing_delay_seconds=0, token_lifetime_seconds=4)
+        EmulatorOptions(
+            processing_delay_seconds=0, token_lifetime_seconds=4, rate_limit_requests=1000
+        )
     )
     try:
         topic, dlq = await new_topic(), await new_topic(prefix="dlq")
         settings = settings_for(
-            emu, kafka_bootstrap, [topic], group_id, dlq, window={"max_wait_seconds": 0.05}
-        )
+            emu, kafka_bootstrap, [topic], group_id, dlq, window={"max_wait_seconds": 0.05},
+            sink={"rate_limit": {"requests": 1000, "per_seconds": 60}},
+        )  # fmt: skip
         produced = 0
 
         async def trickle() -> bool:  # one record per poll: about 9 s of steady traffic

@@ -39,6 +39,7 @@ def write_config(
                  "rate_limit": {"requests": requests, "per_seconds": 60 if requests == 100 else 1}},
         "window": {"max_records": 50, "max_wait_seconds": 0.1},
         "pipeline": {"commit_interval_seconds": 0.5, "shutdown_grace_seconds": 10},
+        "tracking": {"poll_interval_seconds": 0.2},
         "metrics": {"port": 0},
         "logging": {"format": "json"},
     }  # fmt: skip
