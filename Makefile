@@ -34,8 +34,8 @@ test: lint kafka-jars  ## lint, type-check, then the whole suite against a real 
 test-fast: $(STAMP)  ## only the tests that need no Kafka broker
 	$(BIN)/python -m pytest -m 'not kafka'
 
-demo: $(STAMP)  ## (coming with the operations issue) broker + emulator + sample events + connector
-	@echo "make demo is not implemented yet; see README.md"; exit 3
+demo: $(STAMP)  ## broker + emulator + sample events + connector, live progress; Ctrl-C stops
+	$(BIN)/python -m connector.demo
 
 bench: $(STAMP)  ## (coming with the core pipeline) throughput, budget, latency and memory benchmarks
 	@echo "make bench is not implemented yet; see README.md"; exit 3

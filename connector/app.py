@@ -173,6 +173,8 @@ class Pipeline:
         self._paused = False
         self._idle = anyio.Event()
         self.stopped = anyio.Event()
+        self._drain_requested = anyio.Event()
+        self._drained = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
 
     # ---------------------------------------------------------------- intake
@@ -373,7 +375,7 @@ class Pipeline:
         for index, slot in enumerate(batch.slots):
             if index in failed:
                 continue
-            delivered += len(slot.refs)
+            delivered += 1  # the records it superseded are counted as coalesced
             latencies.append((now_ms - slot.refs[-1].timestamp_ms) / 1000)
             if finish_now:
                 self._finish_refs(slot.refs)
@@ -404,7 +406,7 @@ class Pipeline:
         now_ms = time.time() * 1000
         for index, (status, message) in outcome.failed.items():
             slot = batch.slots[index]
-            self.metrics.terminal(status, len(slot.refs))
+            self.metrics.terminal(status)
             await self._dead_letter_slot(
                 slot, reason=Reason.BATCH_FAILED, message=f"{status}: {message}",
                 status=None, batch_id=batch_id, request_id=None,
@@ -415,9 +417,9 @@ class Pipeline:
             if index in outcome.failed:
                 continue
             if index in outcome.waiting:
-                self.metrics.terminal("waiting_for_parent", len(slot.refs))
+                self.metrics.terminal("waiting_for_parent")
             else:
-                succeeded += len(slot.refs)
+                succeeded += 1
                 self.metrics.onboarded((now_ms - slot.refs[-1].timestamp_ms) / 1000)
             if completed_mode:
                 self._finish_refs(slot.refs)
@@ -555,7 +557,13 @@ class Pipeline:
         self.ready = False
         self.draining = True
         self.window.draining = True
+        self._drain_requested.set()
         self._notify()
+
+    async def _schedule_then_settle(self) -> None:
+        await self._schedule()  # returns once draining and nothing more can be sent
+        await self._wait_idle()
+        self._drained.set()
 
     async def run(
         self,
@@ -576,11 +584,18 @@ class Pipeline:
                     tg.start_soon(self.tracker.run)
                 self.ready = True
                 task_status.started()
-                await self._schedule()  # returns once draining and nothing is pending
+                tg.start_soon(self._schedule_then_settle)
+                await self._drain_requested.wait()
+                # the grace period bounds the whole drain: flushing what is pending, the
+                # requests in flight and the batches still being tracked
                 with anyio.move_on_after(grace) as deadline:
-                    await self._wait_idle()
+                    await self._drained.wait()
                 if deadline.cancelled_caught:
-                    log.warning("grace period of %.0f s ended with requests in flight", grace)
+                    log.warning(
+                        "grace period of %.0f s ended before the drain did; what is not "
+                        "committed will be read again on restart",
+                        grace,
+                    )
                 tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True), anyio.move_on_after(10):
             await self.commit()
