@@ -50,7 +50,7 @@ from connector.errors import (
 from connector.logs import get_logger
 from connector.metrics import Metrics
 from connector.offsets import OffsetTracker, TopicPartitionKey
-from connector.ratelimit import Backoff, RollingWindowLimiter
+from connector.ratelimit import Backoff, BudgetShare, RollingWindowLimiter
 from connector.sinks.buildingminds import BuildingMindsSink
 from connector.tracker import Outcome, StatusSource, Tracker
 from connector.window import Batch, Ref, Slot, Window
@@ -118,6 +118,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         )
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.pipeline.partitions_assigned(len(assigned))
         log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
 
 
@@ -150,6 +151,7 @@ class Pipeline:
             clock=clock,
         )
         self.offsets = OffsetTracker()
+        self.budget = BudgetShare(limiter, limiter.capacity, clock=clock)
         t = settings.tracking
         self.tracker: Tracker | None = None
         if t.enabled and isinstance(sink, StatusSource):
@@ -484,7 +486,7 @@ class Pipeline:
         return bool(self._in_flight or self._dead_letters_open or tracked)
 
     def _check_idle(self) -> None:
-        if not self._busy():
+        if not self._busy() or not (self._in_flight or self._dead_letters_open):
             self._idle.set()
 
     async def _wait_idle(self) -> None:
@@ -512,6 +514,7 @@ class Pipeline:
     async def _commit_loop(self) -> None:
         while True:
             await anyio.sleep(self.settings.pipeline.commit_interval_seconds)
+            self.budget.tick()
             await self.commit()
             self._update_lag()
 
@@ -523,10 +526,29 @@ class Pipeline:
             if high is not None and position is not None:
                 self.metrics.set_lag(tp.topic, tp.partition, max(high - position, 0))
 
+    def partitions_assigned(self, mine: int) -> None:
+        """After a rebalance: take this replica's share of the credential's budget."""
+        total = 0
+        for topic in self.settings.kafka.topics:
+            total += len(self.consumer.partitions_for_topic(topic) or ())
+        capacity = self.budget.assigned(mine, total)
+        log.info(
+            "request budget: %d of %d partitions -> %d requests per window now%s",
+            mine, total, capacity,
+            "" if self.budget.target(mine, total) == capacity else
+            f", {self.budget.target(mine, total)} after one window",
+        )  # fmt: skip
+
     async def partitions_revoked(self, revoked: set[TopicPartitionKey]) -> None:
-        """Called by aiokafka before a rebalance: finish what is in flight (bounded), commit."""
+        """Called by aiokafka before a rebalance: finish requests in flight (bounded), commit.
+
+        Batches still being tracked are not waited for: the next owner re-sends what is not
+        committed, and the platform's upsert makes that harmless.
+        """
         with anyio.move_on_after(min(10.0, self.settings.pipeline.shutdown_grace_seconds)):
-            await self._wait_idle()
+            while self._in_flight or self._dead_letters_open:
+                self._idle = anyio.Event()
+                await self._idle.wait()
         await self.commit(revoked)
         dropped = self.window.drop_partitions(revoked)
         self.offsets.forget(revoked)

@@ -235,3 +235,46 @@ def retry_after_seconds(
     if not math.isfinite(seconds):
         return default
     return min(max(seconds, 0.0), maximum)
+
+
+class BudgetShare:
+    """This replica's share of one credential's budget (DESIGN.md §4, scale-out).
+
+    Replicas in one consumer group share a credential without a coordinator: each takes the
+    share of the budget that its assigned partitions are of all partitions. A smaller share
+    applies at once; a larger one only after a full window, so the others' requests under the
+    old split have aged out of the platform's window before this replica uses more. A replica
+    joining others (not holding every partition) starts from zero for the same reason.
+
+    `assigned` is called after every rebalance, `tick` regularly (it applies a due increase).
+    """
+
+    def __init__(self, limiter: RollingWindowLimiter, budget: int, *, clock: Clock) -> None:
+        self.limiter = limiter
+        self.budget = budget
+        self.clock = clock
+        self._first = True
+        self._grow: tuple[float, int] | None = None  # (when, capacity)
+
+    def target(self, mine: int, total: int) -> int:
+        if total <= 0 or mine >= total:
+            return self.budget
+        return max(1, self.budget * mine // total) if mine else 0
+
+    def assigned(self, mine: int, total: int) -> int:
+        """Apply the share of `mine` of `total` partitions; returns the capacity now in force."""
+        target = self.target(mine, total)
+        if self._first and target < self.budget:
+            self.limiter.set_capacity(0)  # we cannot know what the others used recently
+        self._first = False
+        if target <= self.limiter.capacity:
+            self.limiter.set_capacity(target)
+            self._grow = None
+        else:
+            self._grow = (self.clock() + self.limiter.per_seconds, target)
+        return self.limiter.capacity
+
+    def tick(self) -> None:
+        if self._grow is not None and self.clock() >= self._grow[0]:
+            self.limiter.set_capacity(self._grow[1])
+            self._grow = None
