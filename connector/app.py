@@ -151,6 +151,7 @@ class Pipeline:
             clock=clock,
         )
         self.offsets = OffsetTracker()
+        self.rebalances = 0  # assignments received; a storm shows here
         self.budget = BudgetShare(limiter, limiter.capacity, clock=clock)
         t = settings.tracking
         self.tracker: Tracker | None = None
@@ -205,6 +206,7 @@ class Pipeline:
                 key=rec.key, value=rec.value, headers=list(rec.headers or ()),
                 reason=result.reason, message=result.message,
                 topic=key.topic, partition=key.partition, offset=rec.offset,
+                max_value_bytes=self.settings.window.max_record_bytes,
             )  # fmt: skip
             refs = [Ref(key, rec.offset, rec.timestamp)]
             self._start(self._dead_letter, letter, result.reason, refs)
@@ -531,6 +533,7 @@ class Pipeline:
         total = 0
         for topic in self.settings.kafka.topics:
             total += len(self.consumer.partitions_for_topic(topic) or ())
+        self.rebalances += 1
         capacity = self.budget.assigned(mine, total)
         log.info(
             "request budget: %d of %d partitions -> %d requests per window now%s",

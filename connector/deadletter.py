@@ -5,6 +5,8 @@ Each dead letter carries the original key and headers plus `error.reason`, `erro
 `source.offset` and `error.timestamp`. The value is the original value for records that
 failed decoding, and the record exactly as submitted for records the platform rejected (the
 platform's own shape, so an operator can fix it and produce it again as a native record).
+A value larger than `max_value_bytes` (a `record_too_large` record) is left out, and the header
+`error.value_omitted` gives its size; `source.*` say where the original is.
 
 Must not: report a record written before the broker acknowledged it; `write` returns only
 then, and the caller finishes the record's offset after it returns. Secrets never appear
@@ -50,9 +52,11 @@ class DeadLetter:
         batch_id: str | None = None,
         request_id: str | None = None,
         now: float | None = None,
+        max_value_bytes: int | None = None,
     ) -> None:
         self.key = key
-        self.value = value
+        omitted = value is not None and max_value_bytes is not None and len(value) > max_value_bytes
+        self.value = None if omitted else value
         stamp = time.time() if now is None else now
         extra = {
             "error.reason": reason.value,
@@ -65,6 +69,8 @@ class DeadLetter:
             "source.offset": str(offset),
             "error.timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp)),
         }
+        if omitted and value is not None:
+            extra["error.value_omitted"] = f"{len(value)} bytes"
         own = [(k, v) for k, v in headers if k not in extra]
         self.headers = own + [(k, v.encode()) for k, v in extra.items()]
 

@@ -192,6 +192,9 @@ class LocalBroker(Broker):
                     "group.min.session.timeout.ms=1000",
                     "num.partitions=3",
                     "auto.create.topics.enable=true",
+                    # large enough for the 10 MB malformed-event test of the reliability suite
+                    "message.max.bytes=16777216",
+                    "replica.fetch.max.bytes=16777216",
                     "",
                 ]
             )

@@ -3,12 +3,18 @@ topics and offsets, and running the connector in-process until a condition holds
 
 from __future__ import annotations
 
+import functools
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
 import orjson
+import yaml
 from aiohttp.test_utils import TestServer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -152,3 +158,69 @@ def building(i: int, rev: int) -> tuple[bytes, bytes]:
     return bid.encode(), orjson.dumps(
         {"buildingId": bid, "eventType": "BuildingUpdated", "name": f"B {i}", "revision": rev}
     )
+
+
+def write_config(
+    tmp_path: Path,
+    emu: Emulator,
+    bootstrap: str,
+    topic: str,
+    group: str,
+    *,
+    requests: int = 100,
+    per_seconds: float | None = None,
+) -> Path:
+    """A config file for a connector process; `requests` per second unless `per_seconds`."""
+    per = per_seconds if per_seconds is not None else (60 if requests == 100 else 1)
+    config: dict[str, Any] = {
+        "kafka": {"bootstrap_servers": bootstrap, "group_id": group, "topics": [topic],
+                  "dead_letter_topic": f"{topic}.dlq"},
+        "sink": {"base_url": emu.base_url, "token_url": emu.token_url,
+                 "client_id": "demo-client", "client_secret": "demo-secret",
+                 "scope": "api://buildingminds-emulator",
+                 "rate_limit": {"requests": requests, "per_seconds": per}},
+        "window": {"max_records": 50, "max_wait_seconds": 0.1},
+        "pipeline": {"commit_interval_seconds": 0.5, "shutdown_grace_seconds": 10},
+        "tracking": {"poll_interval_seconds": 0.2},
+        "metrics": {"port": 0},
+        "logging": {"format": "json"},
+    }  # fmt: skip
+    path = tmp_path / "connector.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class ConnectorProcess:
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log = log
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOR_")}
+        with log.open("ab") as stderr:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "connector", "run", "--config", str(config)],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=env,
+            )
+
+    async def wait(self, timeout: float) -> int:
+        """The exit code; raises `subprocess.TimeoutExpired` after `timeout` seconds."""
+        return await anyio.to_thread.run_sync(functools.partial(self.proc.wait, timeout))
+
+    def peak_rss_mb(self) -> float:
+        """The process's peak resident memory so far (VmHWM), in MiB; 0 once it has exited."""
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return 0.0
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def lines(self) -> list[dict[str, Any]]:
+        text = self.log.read_text().splitlines()
+        return [orjson.loads(line) for line in text if line.startswith("{")]
+
+
+def posted_ids(log: list[dict[str, Any]]) -> int:
+    return sum(r["record_count"] or 0 for r in log if r["method"] == "POST" and r["status"] == 200)

@@ -6,71 +6,27 @@ arrived; the broker's committed offsets for what the connector promised never to
 
 from __future__ import annotations
 
-import functools
-import os
 import signal
-import subprocess
-import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import anyio
-import orjson
 import pytest
-import yaml
 
-from tests.integration.helpers import Emulator, building, committed_offsets, end_offsets, produce
+from tests.integration.helpers import (
+    ConnectorProcess,
+    Emulator,
+    building,
+    committed_offsets,
+    end_offsets,
+    posted_ids,
+    produce,
+    write_config,
+)
 from tests.kafka_fixtures import NewTopicFactory, wait_until
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 pytestmark = [pytest.mark.anyio, pytest.mark.kafka, pytest.mark.slow]
-
-
-def write_config(
-    tmp_path: Path, emu: Emulator, bootstrap: str, topic: str, group: str, *, requests: int = 100
-) -> Path:
-    config: dict[str, Any] = {
-        "kafka": {"bootstrap_servers": bootstrap, "group_id": group, "topics": [topic],
-                  "dead_letter_topic": f"{topic}.dlq"},
-        "sink": {"base_url": emu.base_url, "token_url": emu.token_url,
-                 "client_id": "demo-client", "client_secret": "demo-secret",
-                 "scope": "api://buildingminds-emulator",
-                 "rate_limit": {"requests": requests, "per_seconds": 60 if requests == 100 else 1}},
-        "window": {"max_records": 50, "max_wait_seconds": 0.1},
-        "pipeline": {"commit_interval_seconds": 0.5, "shutdown_grace_seconds": 10},
-        "tracking": {"poll_interval_seconds": 0.2},
-        "metrics": {"port": 0},
-        "logging": {"format": "json"},
-    }  # fmt: skip
-    path = tmp_path / "connector.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-class ConnectorProcess:
-    def __init__(self, config: Path, log: Path) -> None:
-        self.log = log
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTOR_")}
-        with log.open("ab") as stderr:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "connector", "run", "--config", str(config)],
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                env=env,
-            )
-
-    async def wait(self, timeout: float) -> int:
-        """The exit code; raises `subprocess.TimeoutExpired` after `timeout` seconds."""
-        return await anyio.to_thread.run_sync(functools.partial(self.proc.wait, timeout))
-
-    def lines(self) -> list[dict[str, Any]]:
-        text = self.log.read_text().splitlines()
-        return [orjson.loads(line) for line in text if line.startswith("{")]
-
-
-def posted_ids(log: list[dict[str, Any]]) -> int:
-    return sum(r["record_count"] or 0 for r in log if r["method"] == "POST" and r["status"] == 200)
 
 
 async def test_sigterm_drains_exits_0_and_a_restart_sends_nothing_twice(

@@ -10,6 +10,7 @@ import pytest
 
 from connector.emulators.buildingminds import EmulatorOptions
 from tests.integration.helpers import (
+    ConnectorProcess,
     building,
     committed_offsets,
     end_offsets,
@@ -18,8 +19,8 @@ from tests.integration.helpers import (
     run_until,
     settings_for,
     start_emulator,
+    write_config,
 )
-from tests.integration.test_process import ConnectorProcess, write_config
 from tests.kafka_fixtures import NewTopicFactory, wait_until
 
 if TYPE_CHECKING:

@@ -1,0 +1,116 @@
+"""Properties of decode and coalescing, over generated input (hypothesis)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connector.decode import Change, Decoder, Rejection
+from connector.entities import ENTITIES
+from connector.offsets import OffsetTracker, TopicPartitionKey
+from connector.window import Batch, Ref, Window
+
+
+@dataclass
+class Rec:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+
+
+DECODER = Decoder({"mapped": "floor"}, max_record_bytes=4096)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5)
+    ),
+    max_leaves=12,
+)
+field_names = st.sampled_from(
+    ["eventType", "buildingId", "floorId", "name", "op", "after", "before", "source", "payload"]
+)
+records = st.dictionaries(field_names, json_values | st.sampled_from(
+    ["BuildingAdded", "FloorUpdated", "MeterDeleted", "AddressDeleted", "c", "u", "d"]
+), max_size=6)  # fmt: skip
+
+
+@settings(max_examples=400)
+@given(
+    topic=st.sampled_from(["mapped", "other"]),
+    key=st.none() | st.binary(max_size=60),
+    value=st.none() | st.binary(max_size=200) | records.map(orjson.dumps),
+)
+def test_decode_never_raises_and_every_change_is_well_formed(
+    topic: str, key: bytes | None, value: bytes | None
+) -> None:
+    result = DECODER.decode(Rec(topic, key, value))
+    assert isinstance(result, Change | Rejection)
+    if isinstance(result, Change):
+        body = orjson.loads(result.payload)
+        assert body[result.entity.id_field] == result.external_id
+        assert 1 <= len(result.external_id) <= 50
+        assert body["eventType"] in result.entity.event_types
+    else:
+        assert result.message
+
+
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("add"), st.integers(0, 7)),
+        st.tuples(st.just("take"), st.just(0)),
+        st.tuples(st.just("finish"), st.just(0)),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=300)
+@given(ops)
+def test_coalescing_sends_the_newest_version_once_in_flight_and_finishes_every_record(
+    steps: list[tuple[str, int]],
+) -> None:
+    clock = Clock()
+    window = Window(max_records=3, max_request_bytes=10_000, max_wait=0, clock=clock)
+    building, tp = ENTITIES["Building"], TopicPartitionKey("t", 0)
+    offsets = OffsetTracker()
+    newest: dict[str, int] = {}
+    sent_last: dict[str, int] = {}
+    in_flight: list[Batch] = []
+    offset = 0
+    for step, n in [*steps, *[("drain", 0)] * 40]:
+        if step == "add":
+            eid = f"b-{n}"
+            window.add(
+                Change(building, eid, orjson.dumps({"buildingId": eid, "rev": offset})),
+                Ref(tp, offset, 0),
+            )
+            offsets.track(tp, offset)
+            newest[eid] = offset
+            offset += 1
+        elif step in ("take", "drain"):
+            batch = window.take(building)
+            if batch is not None:
+                ids = [s.change.external_id for s in batch.slots]
+                flying = {s.change.external_id for b in in_flight for s in b.slots}
+                assert not set(ids) & flying, "two versions of one ID in flight"
+                in_flight.append(batch)
+        if step in ("finish", "drain") and in_flight:
+            done = in_flight.pop(0)
+            for slot in done.slots:
+                sent_last[slot.change.external_id] = orjson.loads(slot.change.payload)["rev"]
+                for ref in slot.refs:
+                    offsets.finish(ref.tp, ref.offset)
+            window.finish(done)
+    assert window.pending_records == 0
+    assert sent_last == newest, "the newest version of every ID is what was sent last"
+    assert offsets.position(tp) == (offset or None)
