@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv kafka-jars lint test test-fast demo bench clean
+.PHONY: help venv kafka-jars lint test test-fast demo bench soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ demo: $(STAMP)  ## broker + emulator + sample events + connector, live progress;
 
 bench: $(STAMP)  ## (coming with the core pipeline) throughput, budget, latency and memory benchmarks
 	@echo "make bench is not implemented yet; see README.md"; exit 3
+
+soak: kafka-jars  ## 30 minutes of mixed faults against the connector; writes soak-report.json
+	$(BIN)/python -m tests.reliability.soak --minutes $${SOAK_MINUTES:-30} --out soak-report.json
 
 clean:  ## remove the virtualenv and caches (keeps the Kafka jar cache in .cache/)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
