@@ -25,7 +25,7 @@ import orjson
 from aiohttp import hdrs
 from pydantic import SecretStr
 
-from connector.errors import AuthError, CredentialsRejected, TokenEndpointUnavailable
+from connector.errors import TLS_HINT, AuthError, CredentialsRejected, TokenEndpointUnavailable
 from connector.logs import get_logger, redact
 
 if TYPE_CHECKING:
@@ -208,6 +208,12 @@ class TokenProvider:
                 status = response.status
                 body = await response.read()
                 retry_after = response.headers.get(hdrs.RETRY_AFTER)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # not transient: retrying cannot fix a certificate we do not trust
+            raise CredentialsRejected(
+                f"TLS certificate verification failed for the token endpoint "
+                f"{self._token_url}: {self._scrub(_describe(exc))}; {TLS_HINT}"
+            ) from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TokenEndpointUnavailable(
                 f"token endpoint {self._token_url} unreachable: {self._scrub(_describe(exc))}"

@@ -20,7 +20,13 @@ logic branch on these types and flags, never on message text.
 
 from __future__ import annotations
 
+TLS_HINT = (
+    "if the endpoint uses a private CA, set sink.ca_file to its bundle; "
+    "keep sink.tls_verify on outside local tests"
+)
+
 __all__ = [
+    "TLS_HINT",
     "ApiError",
     "AuthError",
     "BrokerUnavailable",

@@ -25,6 +25,7 @@ import aiohttp
 import orjson
 
 from connector.errors import (
+    TLS_HINT,
     EndpointMisconfigured,
     RateLimited,
     RequestRejected,
@@ -75,6 +76,8 @@ class BuildingMindsSink:
             ) as response:
                 raw = await response.read()
                 return self._result(response, raw, ids, id_field)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise _certificate_error(url, exc) from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             raise ServerError(f"POST /{endpoint} failed: {type(exc).__name__}: {exc}") from exc
 
@@ -114,6 +117,8 @@ class BuildingMindsSink:
                 if response.status == 200:
                     return _json(raw) or {}
                 self._raise(response, raw, f"GET /{path}")
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise _certificate_error(url, exc) from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
             raise ServerError(f"GET /{path} failed: {type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover - _raise always raises
@@ -152,6 +157,13 @@ class BuildingMindsSink:
         if status in (400, 413, 422):
             raise RequestRejected(message, status=status, request_id=request_id)
         raise ServerError(message, status=status, request_id=request_id)
+
+
+def _certificate_error(url: str, exc: Exception) -> EndpointMisconfigured:
+    """Not transient: hold the data and say how to fix it."""
+    return EndpointMisconfigured(
+        f"TLS certificate verification failed for {url}: {exc}; {TLS_HINT}", status=None
+    )
 
 
 def _json(raw: bytes) -> Any:
