@@ -720,7 +720,8 @@ async def run_connector(
     options = kafka_options(settings)
     consumer = AIOKafkaConsumer(
         group_id=settings.kafka.group_id, enable_auto_commit=False,
-        auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024, **options,
+        auto_offset_reset="earliest", fetch_max_bytes=settings.kafka.fetch_max_bytes,
+        max_partition_fetch_bytes=settings.kafka.max_partition_fetch_bytes, **options,
     )  # fmt: skip
     producer = AIOKafkaProducer(
         enable_idempotence=True, acks="all", linger_ms=5,

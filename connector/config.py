@@ -95,6 +95,8 @@ class KafkaSettings(_Section):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     topic_entities: dict[str, str] = {}
+    fetch_max_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024
+    max_partition_fetch_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
 
     @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
     @classmethod

@@ -137,3 +137,18 @@ def test_bad_records_get_a_reason_and_a_message(
 def test_unknown_entity_in_mapping_is_a_config_error() -> None:
     with pytest.raises(ValueError, match="unknown entity 'rocket'"):
         Decoder({"t": "rocket"}, 100)
+
+
+def test_a_pending_change_holds_about_its_own_size_in_memory() -> None:
+    """orjson's result keeps a ~4 KB buffer; a pending change must not (memory target §5)."""
+    import tracemalloc  # noqa: PLC0415
+
+    value = orjson.dumps({"buildingId": "b-1", "eventType": "BuildingUpdated", "name": "x" * 60})
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [DECODER.decode(Rec("t", None, value)) for _ in range(1000)]
+        per_change = (tracemalloc.get_traced_memory()[0] - before) / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert per_change < 600, f"{per_change:.0f} bytes per pending change"
