@@ -152,6 +152,8 @@ class Pipeline:
         )
         self.offsets = OffsetTracker()
         self.rebalances = 0  # assignments received; a storm shows here
+        self.heartbeat = clock()  # last turn of the consume loop, for /healthz
+        self.has_token: Callable[[], bool] = lambda: True  # set by run_connector
         self.budget = BudgetShare(limiter, limiter.capacity, clock=clock)
         t = settings.tracking
         self.tracker: Tracker | None = None
@@ -186,6 +188,7 @@ class Pipeline:
 
     async def _consume(self) -> None:
         while not self.draining:
+            self.heartbeat = self.clock()
             self._apply_backpressure()
             batches = await self.consumer.getmany(timeout_ms=200, max_records=2000)
             for tp, records in batches.items():
@@ -634,6 +637,19 @@ class Pipeline:
         )  # fmt: skip
 
 
+STALL_SECONDS = 60.0  # /healthz fails when the consume loop has not turned for this long
+
+
+async def _warm_up_token(provider: TokenProvider) -> None:
+    """Get a token at start so /readyz can say "holds a token" before the first request.
+
+    Failures are only logged: the pipeline retries with backoff on its first request."""
+    try:
+        await provider.token()
+    except AuthError as exc:
+        log.error("no token at start: %s", exc)  # noqa: TRY400 - the message carries the fix
+
+
 def client_session(settings: Settings) -> aiohttp.ClientSession:
     """The plain session (TLS, timeouts, pool); the token endpoint is called through it."""
     sink = settings.sink
@@ -681,11 +697,25 @@ async def _serve_metrics(
         )
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        """Liveness: the consume loop turned recently (it turns every 200 ms, paused or not).
+
+        Never a dependency check: a broker or API outage must not get the pod restarted."""
+        stalled = pipeline.clock() - pipeline.heartbeat
+        ok = stalled < STALL_SECONDS or pipeline.draining
+        return web.json_response(
+            {"status": "ok" if ok else "stalled", "seconds_since_progress": round(stalled, 1)},
+            status=200 if ok else 503,
+        )
 
     async def readyz(_: web.Request) -> web.Response:
-        ok = pipeline.ready and not pipeline.draining
-        return web.json_response({"ready": ok}, status=200 if ok else 503)
+        """Readiness: joined the group (holds an assignment), holds a token, not draining."""
+        checks = {
+            "joined": pipeline.rebalances > 0,
+            "token": pipeline.has_token(),
+            "not_draining": pipeline.ready and not pipeline.draining,
+        }
+        ok = all(checks.values())
+        return web.json_response({"ready": ok, **checks}, status=200 if ok else 503)
 
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler)
@@ -733,7 +763,7 @@ async def run_connector(
     # count under the budget while still using about 99% of it.
     limiter = RollingWindowLimiter(rate.requests, rate.per_seconds * 1.01 + 0.05)
     session = client_session(settings)
-    sink, _provider = await build_sink(settings, metrics, session)
+    sink, provider = await build_sink(settings, metrics, session)
     dead_letters = DeadLetterWriter(
         producer,
         settings.kafka.dead_letter_topic,
@@ -743,6 +773,7 @@ async def run_connector(
         settings, consumer=consumer, dead_letters=dead_letters, sink=sink, limiter=limiter,
         metrics=metrics,
     )  # fmt: skip
+    pipeline.has_token = lambda: provider.current is not None
     try:
         await producer.start()
         consumer.subscribe(list(settings.kafka.topics), listener=_Rebalance(pipeline))
@@ -751,6 +782,7 @@ async def run_connector(
             if settings.metrics.port:
                 await tg.start(_serve_metrics, settings, registry, pipeline)
             await tg.start(functools.partial(pipeline.run, handle_signals=handle_signals))
+            tg.start_soon(_warm_up_token, provider)
             task_status.started(pipeline)
             await pipeline.stopped.wait()
             tg.cancel_scope.cancel()

@@ -270,3 +270,38 @@ async def test_a_token_that_expires_mid_run_is_renewed_before_it_is_used_expired
     finally:
         await emu.http.close()
         await server.close()
+
+
+async def test_health_and_readiness_endpoints(
+    kafka_bootstrap: str, new_topic: NewTopicFactory, group_id: str, emulator: Emulator
+) -> None:
+    import aiohttp  # noqa: PLC0415
+
+    from connector.devbroker import free_port  # noqa: PLC0415
+
+    topic, dlq = await new_topic(), await new_topic(prefix="dlq")
+    port = free_port()
+    settings = settings_for(
+        emulator,
+        kafka_bootstrap,
+        [topic],
+        group_id,
+        dlq,
+        metrics={"port": port, "host": "127.0.0.1"},
+    )
+    seen: list[dict[str, Any]] = []
+
+    async def ready() -> bool:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
+                body = await r.json()
+                seen.append(body)
+                if r.status != 200:
+                    return False
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as h:
+                assert h.status == 200
+                assert (await h.json())["status"] == "ok"
+        return True
+
+    await run_until(settings, ready, timeout=30)
+    assert seen[-1] == {"ready": True, "joined": True, "token": True, "not_draining": True}
