@@ -220,22 +220,35 @@ class Pipeline:
             self.stats.coalesced += 1
 
     def _apply_backpressure(self) -> None:
+        """Pause fetching while too much is unsent; resume below the low-water mark.
+
+        The limit counts records not yet sent: records already accepted and waiting for their
+        final status must not stall intake at a window boundary (the next window's requests
+        would go out half-empty). All held records are capped at twice the limit, so
+        confirmations that never come cannot grow memory without bound.
+        """
         p = self.settings.pipeline
-        records = self.window.pending_records + self._dead_letters_open
+        unsent = self.window.unsent_records + self._dead_letters_open
+        held = self.window.pending_records
         pending_bytes = self.window.pending_bytes
-        if not self._paused and (
-            records >= p.max_pending_records or pending_bytes >= p.max_pending_bytes
-        ):
+        over = (
+            unsent >= p.max_pending_records
+            or held >= 2 * p.max_pending_records
+            or pending_bytes >= p.max_pending_bytes
+        )
+        under = (
+            unsent < p.max_pending_records * p.resume_ratio
+            and held < 2 * p.max_pending_records * p.resume_ratio
+            and pending_bytes < p.max_pending_bytes * p.resume_ratio
+        )
+        if not self._paused and over:
             self.consumer.pause(*self.consumer.assignment())
             self._paused = True
-            log.info("paused fetching: %d records / %d bytes pending", records, pending_bytes)
-        elif self._paused and (
-            records < p.max_pending_records * p.resume_ratio
-            and pending_bytes < p.max_pending_bytes * p.resume_ratio
-        ):
+            log.info("paused fetching: %d unsent, %d held, %d bytes", unsent, held, pending_bytes)
+        elif self._paused and under:
             self.consumer.resume(*self.consumer.assignment())
             self._paused = False
-            log.info("resumed fetching: %d records pending", records)
+            log.info("resumed fetching: %d unsent, %d held", unsent, held)
         elif self._paused:
             # partitions assigned by a rebalance meanwhile start unpaused
             self.consumer.pause(*self.consumer.assignment())

@@ -8,6 +8,7 @@ Must not: hold behaviour; it is data plus lookups.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -110,6 +111,7 @@ def find_entity(name: str) -> Entity | None:
     return _ALIASES.get(name.strip().lower())
 
 
+@functools.lru_cache(maxsize=256)  # a handful of event types, looked up once per record
 def entity_for_event_type(event_type: str) -> tuple[Entity, str] | None:
     """('BuildingAdded') -> (Building, 'Added'); None for an unknown entity or kind."""
     match = _EVENT_TYPE.match(event_type)

@@ -100,6 +100,7 @@ class Window:
         self.draining = False
         self._queues: dict[str, _Queue] = {}
         self.pending_records = 0  # Kafka records held (coalesced ones included)
+        self.unsent_records = 0  # of those, not yet taken into a request
         self.pending_bytes = 0
 
     def add(self, change: Change, ref: Ref) -> bool:
@@ -109,6 +110,7 @@ class Window:
         if queue is None:
             queue = self._queues[endpoint] = _Queue(change.entity)
         self.pending_records += 1
+        self.unsent_records += 1
         size = len(change.payload)
         old = queue.pending.get(change.external_id)
         if old is not None:
@@ -183,6 +185,7 @@ class Window:
         for slot in taken:
             key = slot.change.external_id
             del queue.pending[key]
+            self.unsent_records -= len(slot.refs)
             queue.in_flight.add(key)
             queue.bytes -= len(slot.change.payload)
         return Batch(entity, taken, size) if taken else None
@@ -214,6 +217,7 @@ class Window:
                 queue.bytes -= size
                 self.pending_bytes -= size
                 self.pending_records -= len(slot.refs)
+                self.unsent_records -= len(slot.refs)
                 dropped += len(slot.refs)
         return dropped
 

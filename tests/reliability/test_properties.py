@@ -112,5 +112,6 @@ def test_coalescing_sends_the_newest_version_once_in_flight_and_finishes_every_r
                     offsets.finish(ref.tp, ref.offset)
             window.finish(done)
     assert window.pending_records == 0
+    assert window.unsent_records == 0
     assert sent_last == newest, "the newest version of every ID is what was sent last"
     assert offsets.position(tp) == (offset or None)

@@ -50,6 +50,7 @@ def test_newest_version_wins_and_keeps_its_place_and_refs() -> None:
     assert [orjson.loads(s.change.payload)["rev"] for s in batch.slots] == [2, 1]
     assert [r.offset for r in batch.slots[0].refs] == [0, 2]
     assert w.pending_records == 3
+    assert w.unsent_records == 0, "taken records are no longer unsent"
     w.finish(batch)
     assert w.pending_records == 0
     assert w.pending_bytes == 0
