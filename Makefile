@@ -24,8 +24,8 @@ kafka-jars: $(STAMP)  ## resolve the Kafka broker jars from Maven Central (skipp
 	else $(BIN)/python -m connector.devbroker resolve >/dev/null; fi
 
 lint: $(STAMP)  ## ruff (lint + format check) and mypy --strict
-	$(BIN)/ruff check connector tests
-	$(BIN)/ruff format --check connector tests
+	$(BIN)/ruff check connector tests bench
+	$(BIN)/ruff format --check connector tests bench
 	$(BIN)/mypy
 
 test: lint kafka-jars  ## lint, type-check, then the whole suite against a real Kafka broker
@@ -37,8 +37,8 @@ test-fast: $(STAMP)  ## only the tests that need no Kafka broker
 demo: $(STAMP)  ## broker + emulator + sample events + connector, live progress; Ctrl-C stops
 	$(BIN)/python -m connector.demo
 
-bench: $(STAMP)  ## (coming with the core pipeline) throughput, budget, latency and memory benchmarks
-	@echo "make bench is not implemented yet; see README.md"; exit 3
+bench: kafka-jars  ## throughput, budget, latency and memory against DESIGN §5; writes bench-report.json
+	$(BIN)/python -m bench.run --out bench-report.json
 
 soak: kafka-jars  ## 30 minutes of mixed faults against the connector; writes soak-report.json
 	$(BIN)/python -m tests.reliability.soak --minutes $${SOAK_MINUTES:-30} --out soak-report.json
