@@ -544,6 +544,21 @@ def _budget_report(
         "API requests in the period", f"{len(counted)} in {period:.0f} s",
         f"({len(submissions)} submissions, {len(counted) - len(submissions)} status reads)",
     )  # fmt: skip
+    polls = len(counted) - len(submissions)
+    result.metrics.update(poll_share=round(polls / len(counted), 4) if counted else 0.0)
+    result.check(
+        "share of requests spent on status polls",
+        f"{polls / len(counted):.1%}" if counted else "n/a",
+        "(tracking.max_poll_share bounds it while submissions wait)",
+    )  # fmt: skip
+    onboarded = run.scrape.total("connector_onboarding_latency_seconds_count")
+    p50 = run.scrape.quantile("connector_onboarding_latency_seconds", 0.5)
+    p99 = run.scrape.quantile("connector_onboarding_latency_seconds", 0.99)
+    result.check(
+        "onboarding latency p50 / p99 (bucket upper bounds)",
+        f"<= {p50:g} s / <= {p99:g} s" if p50 is not None and p99 is not None else "n/a",
+        f"Kafka timestamp -> terminal status, {onboarded:,.0f} records",
+    )  # fmt: skip
     _exit_row(result, run.stop)
     if run.stop.signals != ("SIGTERM",):
         result.notes.append(
