@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from connector.emulators.buildingminds import EmulatorOptions
-from tests.integration.helpers import Emulator, start_emulator
+from tests.integration.helpers import Emulator, running_emulator
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -15,9 +15,5 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 async def emulator() -> AsyncIterator[Emulator]:
-    server, emu = await start_emulator(EmulatorOptions(processing_delay_seconds=0))
-    try:
+    async with running_emulator(EmulatorOptions(processing_delay_seconds=0)) as emu:
         yield emu
-    finally:
-        await emu.http.close()
-        await server.close()

@@ -3,6 +3,7 @@ topics and offsets, and running the connector in-process until a condition holds
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import subprocess
@@ -24,7 +25,7 @@ from connector.emulators.buildingminds import EmulatorOptions, create_app
 from tests.kafka_fixtures import wait_until
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
 
 
 @dataclass
@@ -63,6 +64,17 @@ async def start_emulator(options: EmulatorOptions) -> tuple[TestServer, Emulator
     await server.start_server()
     http = aiohttp.ClientSession()
     return server, Emulator(str(server.make_url("")).rstrip("/"), http)
+
+
+@contextlib.asynccontextmanager
+async def running_emulator(options: EmulatorOptions) -> AsyncIterator[Emulator]:
+    """The emulator on a loopback socket for the block, closed afterwards."""
+    server, emu = await start_emulator(options)
+    try:
+        yield emu
+    finally:
+        await emu.http.close()
+        await server.close()
 
 
 def settings_for(

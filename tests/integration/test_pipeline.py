@@ -21,8 +21,8 @@ from tests.integration.helpers import (
     produce,
     read_topic,
     run_until,
+    running_emulator,
     settings_for,
-    start_emulator,
 )
 
 if TYPE_CHECKING:
@@ -174,12 +174,11 @@ async def test_backlog_never_exceeds_the_rolling_window_and_causes_no_429(
     kafka_bootstrap: str, new_topic: NewTopicFactory, group_id: str
 ) -> None:
     per, budget = 3.0, 10
-    server, emu = await start_emulator(
+    async with running_emulator(
         EmulatorOptions(
             processing_delay_seconds=0, rate_limit_requests=budget, rate_limit_seconds=per
         )
-    )
-    try:
+    ) as emu:
         topic, dlq = await new_topic(), await new_topic(prefix="dlq")
         await produce(kafka_bootstrap, [(topic, *building(i, 0)) for i in range(400)])
         settings = settings_for(
@@ -202,9 +201,6 @@ async def test_backlog_never_exceeds_the_rolling_window_and_causes_no_429(
         times = sorted(datetime.fromisoformat(r["time"]).timestamp() for r in log)
         worst = max(sum(1 for t in times if start <= t < start + per) for start in times)
         assert worst <= budget, f"{worst} requests within one {per} s window"
-    finally:
-        await emu.http.close()
-        await server.close()
 
 
 async def test_sample_events_flow_end_to_end(
@@ -243,12 +239,11 @@ async def test_sample_events_flow_end_to_end(
 async def test_a_token_that_expires_mid_run_is_renewed_before_it_is_used_expired(
     kafka_bootstrap: str, new_topic: NewTopicFactory, group_id: str
 ) -> None:
-    server, emu = await start_emulator(
+    async with running_emulator(
         EmulatorOptions(
             processing_delay_seconds=0, token_lifetime_seconds=4, rate_limit_requests=1000
         )
-    )
-    try:
+    ) as emu:
         topic, dlq = await new_topic(), await new_topic(prefix="dlq")
         settings = settings_for(
             emu, kafka_bootstrap, [topic], group_id, dlq, window={"max_wait_seconds": 0.05},
@@ -267,9 +262,6 @@ async def test_a_token_that_expires_mid_run_is_renewed_before_it_is_used_expired
         log = await emu.requests()
         assert [r for r in log if r["status"] == 401] == [], "an expired token was used"
         assert len([r for r in log if r["path"].endswith("/token")]) >= 3
-    finally:
-        await emu.http.close()
-        await server.close()
 
 
 async def test_health_and_readiness_endpoints(

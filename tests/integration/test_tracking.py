@@ -17,8 +17,8 @@ from tests.integration.helpers import (
     produce,
     read_topic,
     run_until,
+    running_emulator,
     settings_for,
-    start_emulator,
     write_config,
 )
 from tests.kafka_fixtures import NewTopicFactory, wait_until
@@ -39,8 +39,7 @@ def floor(fid: str, building_id: str, name: str = "L1") -> tuple[bytes, bytes]:
 async def test_asynchronous_failures_are_dead_lettered_once_with_status_and_message(
     kafka_bootstrap: str, new_topic: NewTopicFactory, group_id: str
 ) -> None:
-    server, emu = await start_emulator(EmulatorOptions(processing_delay_seconds=0.3))
-    try:
+    async with running_emulator(EmulatorOptions(processing_delay_seconds=0.3)) as emu:
         topic, dlq = await new_topic(), await new_topic(prefix="dlq")
         good = [building(i, 0) for i in range(30)]
         bad = [
@@ -68,16 +67,12 @@ async def test_asynchronous_failures_are_dead_lettered_once_with_status_and_mess
             assert headers["error.batch_id"]
         assert pipeline.stats.dead_lettered == 3, "each failure dead-lettered exactly once"
         assert len(await emu.entities("building")) == 30
-    finally:
-        await emu.http.close()
-        await server.close()
 
 
 async def test_children_before_parents_wait_and_are_reported_not_dead_lettered(
     kafka_bootstrap: str, new_topic: NewTopicFactory, group_id: str
 ) -> None:
-    server, emu = await start_emulator(EmulatorOptions(processing_delay_seconds=0))
-    try:
+    async with running_emulator(EmulatorOptions(processing_delay_seconds=0)) as emu:
         topic, dlq = await new_topic(), await new_topic(prefix="dlq")
         await produce(kafka_bootstrap, [(topic, *floor(f"f-{i}", "late-parent")) for i in range(5)])
         settings = settings_for(
@@ -102,16 +97,12 @@ async def test_children_before_parents_wait_and_are_reported_not_dead_lettered(
             return len(await emu.entities("floor")) == 5
 
         await run_until(settings, linked)
-    finally:
-        await emu.http.close()
-        await server.close()
 
 
 async def test_nothing_is_committed_before_it_is_terminal(
     kafka_bootstrap: str, new_topic: NewTopicFactory, group_id: str
 ) -> None:
-    server, emu = await start_emulator(EmulatorOptions(processing_delay_seconds=3))
-    try:
+    async with running_emulator(EmulatorOptions(processing_delay_seconds=3)) as emu:
         topic, dlq = await new_topic(), await new_topic(prefix="dlq")
         await produce(kafka_bootstrap, [(topic, *building(i, 0)) for i in range(100)])
         settings = settings_for(emu, kafka_bootstrap, [topic], group_id, dlq)
@@ -134,17 +125,13 @@ async def test_nothing_is_committed_before_it_is_terminal(
 
         await run_until(settings, done)
         assert checked_while_processing, "never observed the accepted-but-processing state"
-    finally:
-        await emu.http.close()
-        await server.close()
 
 
 @pytest.mark.slow
 async def test_a_crash_while_batches_are_tracked_resends_and_loses_nothing(
     tmp_path: Path, kafka_bootstrap: str, new_topic: NewTopicFactory, group_id: str
 ) -> None:
-    server, emu = await start_emulator(EmulatorOptions(processing_delay_seconds=4))
-    try:
+    async with running_emulator(EmulatorOptions(processing_delay_seconds=4)) as emu:
         topic = await new_topic()
         await produce(kafka_bootstrap, [(topic, *building(i, 0)) for i in range(200)])
         config = write_config(tmp_path, emu, kafka_bootstrap, topic, group_id)
@@ -186,6 +173,3 @@ async def test_a_crash_while_batches_are_tracked_resends_and_loses_nothing(
             r["record_count"] or 0 for r in log if r["method"] == "POST" and r["status"] == 200
         )
         assert sent == 400, "the 200 unfinished records are re-sent once after the crash"
-    finally:
-        await emu.http.close()
-        await server.close()

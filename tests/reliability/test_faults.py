@@ -23,6 +23,7 @@ from tests.integration.helpers import (
     produce,
     read_topic,
     run_until,
+    running_emulator,
     settings_for,
     start_emulator,
     write_config,
@@ -170,8 +171,7 @@ async def test_broker_killed_and_restarted_then_paused_beyond_the_session_timeou
 async def test_a_slow_api_keeps_memory_and_requests_bounded_without_rebalances(
     kafka_bootstrap: str, new_topic: NewTopicFactory, group_id: str, report: Report
 ) -> None:
-    server, emu = await start_emulator(EmulatorOptions(processing_delay_seconds=0))
-    try:
+    async with running_emulator(EmulatorOptions(processing_delay_seconds=0)) as emu:
         topic, dlq = await new_topic(), await new_topic(prefix="dlq")
         await emu.faults(
             profile="latency", min_latency_seconds=0.5, max_latency_seconds=1.5, seed=3
@@ -215,18 +215,14 @@ async def test_a_slow_api_keeps_memory_and_requests_bounded_without_rebalances(
         assert peaks["pending"] <= 2 * 500 + 2000, peaks
         assert paused_seen, "the consumer should have paused its partitions"
         assert pipeline.rebalances == 1, "no rebalance storm: one assignment only"
-    finally:
-        await emu.http.close()
-        await server.close()
 
 
 async def test_token_endpoint_down_holds_everything_then_delivers_it(
     kafka_bootstrap: str, new_topic: NewTopicFactory, group_id: str, report: Report
 ) -> None:
-    server, emu = await start_emulator(
+    async with running_emulator(
         EmulatorOptions(processing_delay_seconds=0, token_lifetime_seconds=3)
-    )
-    try:
+    ) as emu:
         topic, dlq = await new_topic(), await new_topic(prefix="dlq")
         settings = settings_for(emu, kafka_bootstrap, [topic], group_id, dlq)
         await produce(kafka_bootstrap, [(topic, *seq(n)) for n in range(100)])
@@ -274,9 +270,6 @@ async def test_token_endpoint_down_holds_everything_then_delivers_it(
         assert pipeline.stats.dead_lettered == 0
         tokens = [r for r in await emu.requests() if r["path"].endswith("/token")]
         assert any(r["status"] == 503 for r in tokens), "the outage never hit"
-    finally:
-        await emu.http.close()
-        await server.close()
 
 
 async def _committed_all(bootstrap: str, topic: str, group: str) -> bool:
@@ -286,8 +279,7 @@ async def _committed_all(bootstrap: str, topic: str, group: str) -> bool:
 async def test_malformed_events_are_each_dead_lettered_and_the_counters_reconcile(
     kafka_bootstrap: str, new_topic: NewTopicFactory, group_id: str, report: Report
 ) -> None:
-    server, emu = await start_emulator(EmulatorOptions(processing_delay_seconds=0))
-    try:
+    async with running_emulator(EmulatorOptions(processing_delay_seconds=0)) as emu:
         topic, dlq = await new_topic(), await new_topic(prefix="dlq")
         bad: list[tuple[bytes | None, bytes | None, str]] = [
             (b"k", b"\xff\xfe not json", "invalid_json"),
@@ -338,9 +330,6 @@ async def test_malformed_events_are_each_dead_lettered_and_the_counters_reconcil
             )
         )
         assert lost == 0
-    finally:
-        await emu.http.close()
-        await server.close()
 
 
 async def test_two_replicas_share_one_credential_and_one_is_killed(
@@ -348,12 +337,11 @@ async def test_two_replicas_share_one_credential_and_one_is_killed(
     report: Report,
 ) -> None:  # fmt: skip
     per, budget = 4.0, 20
-    server, emu = await start_emulator(
+    async with running_emulator(
         EmulatorOptions(
             processing_delay_seconds=0, rate_limit_requests=budget, rate_limit_seconds=per
         )
-    )
-    try:
+    ) as emu:
         topic = await new_topic(partitions=6)
         await produce(kafka_bootstrap, [(topic, *seq(n)) for n in range(3000)])
         config = write_config(
@@ -388,6 +376,3 @@ async def test_two_replicas_share_one_credential_and_one_is_killed(
             )
         )
         assert lost == 0
-    finally:
-        await emu.http.close()
-        await server.close()
