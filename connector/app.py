@@ -775,6 +775,7 @@ async def run_connector(
     # bring two starts closer there than here: a 1% (+50 ms) wider window keeps the platform's
     # count under the budget while still using about 99% of it.
     limiter = RollingWindowLimiter(rate.requests, rate.per_seconds * 1.01 + 0.05)
+    limiter.assume_recent_use()  # a restart must not burst into a window its predecessor filled
     session = client_session(settings)
     sink, provider = await build_sink(settings, metrics, session)
     dead_letters = DeadLetterWriter(

@@ -124,6 +124,21 @@ class RollingWindowLimiter:
             free_at = self._starts[excess] + self._per
         return max(0.0, max(free_at, self._blocked_until) - now)
 
+    def assume_recent_use(self, *, limit: int = 10_000) -> None:
+        """Start as if the last window had been used evenly: pace, do not burst.
+
+        A process that starts (or restarts after a crash) cannot know what its predecessor,
+        or another client of the credential, sent in the platform's current window. An even
+        log of `capacity` starts across the last window lets requests through at
+        capacity / per_seconds from the first moment: the whole budget is still used, but a
+        restart no longer bursts into a window that may be full. Skipped above `limit`
+        (an unconstrained budget has no window worth protecting).
+        """
+        if not 0 < self._capacity <= limit or self._starts:
+            return
+        now, per, n = self._clock(), self._per, self._capacity
+        self._starts.extend(now - per + per * (i + 1) / n for i in range(n))
+
     def block_for(self, seconds: float) -> None:
         """Grant no slot until `seconds` from now, e.g. after a 429 with `Retry-After`.
 

@@ -181,6 +181,7 @@ def write_config(
     *,
     requests: int = 100,
     per_seconds: float | None = None,
+    max_records: int = 50,
 ) -> Path:
     """A config file for a connector process; `requests` per second unless `per_seconds`."""
     per = per_seconds if per_seconds is not None else (60 if requests == 100 else 1)
@@ -191,7 +192,7 @@ def write_config(
                  "client_id": "demo-client", "client_secret": "demo-secret",
                  "scope": "api://buildingminds-emulator",
                  "rate_limit": {"requests": requests, "per_seconds": per}},
-        "window": {"max_records": 50, "max_wait_seconds": 0.1},
+        "window": {"max_records": max_records, "max_wait_seconds": 0.1},
         "pipeline": {"commit_interval_seconds": 0.5, "shutdown_grace_seconds": 10},
         "tracking": {"poll_interval_seconds": 0.2},
         "metrics": {"port": 0},

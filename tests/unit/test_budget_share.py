@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from connector.ratelimit import BudgetShare, RollingWindowLimiter
 
 
@@ -55,3 +57,23 @@ def test_shares_of_all_replicas_never_exceed_the_budget() -> None:
             assert sum(budget.target(p, total) for p in parts) <= 100 or any(
                 p and budget.target(p, total) == 1 for p in parts
             )
+
+
+def test_a_fresh_limiter_that_assumes_recent_use_paces_instead_of_bursting() -> None:
+    clock = Clock()
+    clock.now = 1000.0
+    limiter = RollingWindowLimiter(100, 60, clock=clock)
+    limiter.assume_recent_use()
+    assert limiter.available() == 0
+    assert limiter.wait_time() == pytest.approx(0.6)
+    clock.now += 0.6
+    assert limiter.try_acquire()
+    assert not limiter.try_acquire(), "one slot frees every 0.6 s, not a burst of 100"
+    clock.now += 59.9  # every assumed start has aged out; the real one has not
+    assert limiter.available() == 99, "after a window the whole budget is there again"
+
+
+def test_an_unconstrained_budget_is_not_prefilled() -> None:
+    limiter = RollingWindowLimiter(1_000_000, 1, clock=Clock())
+    limiter.assume_recent_use()
+    assert limiter.available() == 1_000_000
