@@ -33,7 +33,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from connector.auth import BearerAuth, TokenProvider
+from connector.auth import BearerAuth, ClientCredentials, TokenProvider
 from connector.deadletter import DeadLetter, DeadLetterWriter
 from connector.decode import Decoder, Reason, Rejection
 from connector.errors import (
@@ -686,10 +686,10 @@ async def build_sink(
         if outcome == "success" and provider.current is not None:
             metrics.set_token_expiry(provider.current.expires_at_wall)
 
+    grant = ClientCredentials(s.token_url, s.client_id, s.client_secret, scope=s.token_scope)
     provider = TokenProvider(
-        session, token_url=s.token_url, client_id=s.client_id, client_secret=s.client_secret,
-        scope=s.token_scope, skew_seconds=s.token_skew_seconds, on_refresh=refreshed,
-    )  # fmt: skip
+        session, grant, skew_seconds=s.token_skew_seconds, on_refresh=refreshed
+    )
     auth = BearerAuth(provider, renew_on=frozenset(s.token_renew_statuses))
     authed = aiohttp.ClientSession(
         timeout=session.timeout, connector=session.connector, connector_owner=False,

@@ -17,7 +17,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import aiohttp
 import anyio
@@ -33,7 +33,14 @@ if TYPE_CHECKING:
 
     from connector.ratelimit import Clock
 
-__all__ = ["BearerAuth", "RefreshOutcome", "Token", "TokenProvider"]
+__all__ = [
+    "BearerAuth",
+    "ClientCredentials",
+    "Grant",
+    "RefreshOutcome",
+    "Token",
+    "TokenProvider",
+]
 
 log = get_logger(__name__)
 
@@ -82,9 +89,91 @@ class Token:
     expires_at_wall: float
     """When the token expires, as unix time (for the token_expiry_timestamp_seconds gauge)."""
 
+    scheme: str = "Bearer"
+    """The `Authorization` scheme: `Bearer`, or e.g. Bimplus's legacy `BimPlus`."""
+
     def header(self) -> str:
-        """The `Authorization` header value: `Bearer <value>`."""
-        return f"Bearer {self.value.get_secret_value()}"
+        """The `Authorization` header value: `<scheme> <value>`."""
+        return f"{self.scheme} {self.value.get_secret_value()}"
+
+
+class Grant(Protocol):
+    """How one kind of credential asks its token endpoint for a token.
+
+    The provider owns caching, single-flight renewal and error mapping; a grant only says what
+    to send and learns what came back. Implementations: `ClientCredentials` here, the BIMlink
+    refresh-token grant and the Bimplus grants in their source modules.
+    """
+
+    @property
+    def token_url(self) -> str: ...
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def scheme(self) -> str:
+        """The token type the endpoint must issue (compared case-insensitively), and the
+        scheme of the `Authorization` header."""
+        ...
+
+    @property
+    def as_json(self) -> bool:
+        """Send the fields as a JSON body (Auth0) rather than a form (OAuth2's default)."""
+        ...
+
+    def fields(self) -> dict[str, str]:
+        """The request's fields, secrets included. Called once per token request."""
+        ...
+
+    def secrets(self) -> tuple[str, ...]:
+        """Values to mask should a server echo them back into an error message."""
+        ...
+
+    def accepted(self, payload: dict[str, Any]) -> None:
+        """Sees every successful token response (e.g. to keep a rotated refresh token)."""
+        ...
+
+    def fix(self, error: str, status: int) -> str | None:
+        """What the user should do about an OAuth2 `error` code, where the grant knows."""
+        ...
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    """OAuth2 client credentials: Entra ID's form with `scope`, or Auth0's JSON with `audience`."""
+
+    token_url: str
+    client_id: str
+    client_secret: SecretStr
+    scope: str | None = None
+    audience: str | None = None
+    as_json: bool = False
+    scheme: str = "Bearer"
+
+    def fields(self) -> dict[str, str]:
+        fields = {
+            "client_id": self.client_id,
+            "client_secret": self.client_secret.get_secret_value(),
+        }
+        if self.scope is not None:
+            fields["scope"] = self.scope
+        if self.audience is not None:
+            fields["audience"] = self.audience
+        fields["grant_type"] = "client_credentials"
+        return fields
+
+    def secrets(self) -> tuple[str, ...]:
+        return (self.client_secret.get_secret_value(),)
+
+    def accepted(self, payload: dict[str, Any]) -> None:
+        del payload
+
+    def fix(self, error: str, status: int) -> str | None:
+        del status
+        if error in ("invalid_client", "unauthorized_client", "access_denied"):
+            return "the client ID or secret was refused: re-copy both from the platform's console"
+        if error == "invalid_scope":
+            return "the scope or audience was refused: use the value the platform gave you"
+        return None
 
 
 class TokenProvider:
@@ -97,16 +186,13 @@ class TokenProvider:
     def __init__(
         self,
         session: aiohttp.ClientSession,
+        grant: Grant,
         *,
-        token_url: str,
-        client_id: str,
-        client_secret: SecretStr,
-        scope: str,
         skew_seconds: float = 300.0,
         clock: Clock = time.monotonic,
         on_refresh: Callable[[str], None] | None = None,
     ) -> None:
-        """`scope` is sent as given (the config has already appended `/.default`).
+        """`grant` says what to send (Entra's scope must already end in `/.default`).
 
         `on_refresh(outcome)` is called once per token-endpoint call with "success",
         "rejected" or "unavailable" (after a success, `current` is already the new token);
@@ -115,10 +201,9 @@ class TokenProvider:
         if skew_seconds < 0:
             raise ValueError(f"skew_seconds must be >= 0, got {skew_seconds}")
         self._session = session
-        self._token_url = token_url
-        self._client_id = client_id
-        self._client_secret = client_secret
-        self._scope = scope
+        self._grant = grant
+        self._token_url = grant.token_url
+        self._client_id = grant.client_id
         self._skew = skew_seconds
         self._clock = clock
         self._on_refresh = on_refresh
@@ -187,12 +272,8 @@ class TokenProvider:
 
     async def _request(self) -> tuple[Token, float]:
         """One call to the token endpoint: the token and when it is due for renewal."""
-        form = {
-            "client_id": self._client_id,
-            "client_secret": self._client_secret.get_secret_value(),
-            "scope": self._scope,
-            "grant_type": "client_credentials",
-        }
+        fields = self._grant.fields()
+        send: dict[str, Any] = {"json": fields} if self._grant.as_json else {"data": fields}
         started, started_wall = self._clock(), time.time()
         try:
             # middlewares=() overrides the session's middlewares for this one request, so the
@@ -200,7 +281,7 @@ class TokenProvider:
             # redirects: the form carries the secret and must reach only the configured URL.
             async with self._session.post(
                 self._token_url,
-                data=form,
+                **send,
                 headers={hdrs.ACCEPT: "application/json"},
                 allow_redirects=False,
                 middlewares=(),
@@ -228,16 +309,17 @@ class TokenProvider:
         payload = _json_object(body)
         value = payload.get("access_token") if payload else None
         expires_in = _seconds(payload.get("expires_in")) if payload else None
-        token_type = str(payload.get("token_type", "Bearer")) if payload else ""
+        scheme = self._grant.scheme
+        token_type = str(payload.get("token_type", scheme)) if payload else ""
         if not isinstance(value, str) or not value or expires_in is None:
             raise TokenEndpointUnavailable(
                 f"token endpoint {self._token_url} answered {status} without a usable token "
                 "(expected JSON with access_token and a positive expires_in)",
                 status=status,
             )
-        if token_type.lower() != "bearer":
+        if token_type.lower() != scheme.lower():
             raise TokenEndpointUnavailable(
-                f"token endpoint {self._token_url} issued a {token_type!r} token, not Bearer",
+                f"token endpoint {self._token_url} issued a {token_type!r} token, not {scheme}",
                 status=status,
             )
         # A short-lived token would otherwise be due for renewal the moment it arrives.
@@ -247,7 +329,10 @@ class TokenProvider:
             value=SecretStr(value),
             expires_at=started + expires_in,
             expires_at_wall=wall + expires_in,
+            scheme=scheme,
         )
+        assert payload is not None  # noqa: S101 - checked above with the access token
+        self._grant.accepted(payload)
         return token, started + expires_in - skew
 
     def _error_for(self, status: int, body: bytes, retry_after: str | None) -> AuthError:
@@ -267,6 +352,8 @@ class TokenProvider:
                     status=status,
                 )
             fix = _FIXES.get(code) if code is not None else None
+            if fix is None and code is None and error and (hint := self._grant.fix(error, status)):
+                fix = f"{hint} ({summary})" if summary else hint
             if fix is None:
                 fix = summary or (
                     f"answered {status} {error or 'without an Entra error body'}; "
@@ -292,9 +379,9 @@ class TokenProvider:
 
     def _scrub(self, text: str) -> str:
         """Text from outside, with the secret (should a server echo it) and tokens masked."""
-        secret = self._client_secret.get_secret_value()
-        if secret:
-            text = text.replace(secret, "***")
+        for secret in self._grant.secrets():
+            if secret:
+                text = text.replace(secret, "***")
         return redact(text)
 
     def _report(self, outcome: RefreshOutcome) -> None:

@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestServer
 from pydantic import SecretStr
 
-from connector.auth import BearerAuth, Token, TokenProvider
+from connector.auth import BearerAuth, ClientCredentials, Token, TokenProvider
 from connector.errors import AuthError, CredentialsRejected, TokenEndpointUnavailable
 
 if TYPE_CHECKING:
@@ -165,10 +165,9 @@ async def connect(
     ) as session:
         provider = TokenProvider(
             session,
-            token_url=token_url or platform.url("/token"),
-            client_id=CLIENT_ID,
-            client_secret=SecretStr(SECRET),
-            scope=SCOPE,
+            ClientCredentials(
+                token_url or platform.url("/token"), CLIENT_ID, SecretStr(SECRET), scope=SCOPE
+            ),
             skew_seconds=skew_seconds,
             clock=clock,
             on_refresh=outcomes.append,
@@ -236,10 +235,7 @@ async def test_on_refresh_already_sees_the_new_token(platform: Platform) -> None
     async with aiohttp.ClientSession() as session:
         provider = TokenProvider(
             session,
-            token_url=platform.url("/token"),
-            client_id=CLIENT_ID,
-            client_secret=SecretStr(SECRET),
-            scope=SCOPE,
+            ClientCredentials(platform.url("/token"), CLIENT_ID, SecretStr(SECRET), scope=SCOPE),
             on_refresh=lambda outcome: seen.append((outcome, provider.current)),
         )
         first = await provider.token()
