@@ -18,6 +18,7 @@ Must not: block the event loop, or finish an offset before its outcome is certai
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
 import ssl
@@ -52,11 +53,14 @@ from connector.metrics import Metrics
 from connector.offsets import OffsetTracker, TopicPartitionKey
 from connector.ratelimit import Backoff, BudgetShare, RollingWindowLimiter
 from connector.sinks.buildingminds import BuildingMindsSink
+from connector.sources import build_source
+from connector.sources.base import Poller, SnapshotStore
 from connector.tracker import Outcome, StatusSource, Tracker
 from connector.window import Batch, Ref, Slot, Window
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from connector.config import Settings
     from connector.sinks.base import Sink, SubmitResult
@@ -664,16 +668,22 @@ async def _warm_up_token(provider: TokenProvider) -> None:
 
 
 def client_session(settings: Settings) -> aiohttp.ClientSession:
-    """The plain session (TLS, timeouts, pool); the token endpoint is called through it."""
+    """The sink's plain session (TLS, timeouts, pool); the token endpoint is called through it."""
     sink = settings.sink
+    return http_session(
+        verify=sink.tls_verify, ca_file=sink.ca_file, timeout=sink.request_timeout_seconds
+    )
+
+
+def http_session(*, verify: bool, ca_file: Path | None, timeout: float) -> aiohttp.ClientSession:
+    """A session that verifies certificates (against `ca_file` when given) unless told not to."""
     context: ssl.SSLContext | bool = True
-    if not sink.tls_verify:
+    if not verify:
         context = False
-    elif sink.ca_file:
-        context = ssl.create_default_context(cafile=str(sink.ca_file))
-    timeout = aiohttp.ClientTimeout(total=sink.request_timeout_seconds)
+    elif ca_file:
+        context = ssl.create_default_context(cafile=str(ca_file))
     connector = aiohttp.TCPConnector(ssl=context, limit=32)
-    return aiohttp.ClientSession(timeout=timeout, connector=connector)
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout), connector=connector)
 
 
 async def build_sink(
@@ -746,6 +756,33 @@ async def _serve_metrics(
             await runner.cleanup()
 
 
+async def _pollers(
+    settings: Settings,
+    producer: AIOKafkaProducer,
+    metrics: Metrics,
+    stack: contextlib.AsyncExitStack,
+) -> list[Poller]:
+    """One poller per configured source, sharing the (idempotent) dead-letter producer.
+
+    Each source gets its own HTTP session, closed by `stack`."""
+    pollers = []
+    for source in settings.sources:
+        session = await stack.enter_async_context(
+            http_session(
+                verify=source.tls_verify,
+                ca_file=source.ca_file,
+                timeout=source.request_timeout_seconds,
+            )
+        )
+        store = SnapshotStore(producer, source.snapshot_topic, kafka_options(settings))
+        await store.ensure_topic()
+        pollers.append(
+            Poller(build_source(source, session), source, producer=producer, store=store,
+                   metrics=metrics)
+        )  # fmt: skip
+    return pollers
+
+
 async def run_connector(
     settings: Settings,
     *,
@@ -792,11 +829,13 @@ async def run_connector(
         await producer.start()
         consumer.subscribe(list(settings.kafka.topics), listener=_Rebalance(pipeline))
         await consumer.start()
-        async with anyio.create_task_group() as tg:
+        async with anyio.create_task_group() as tg, contextlib.AsyncExitStack() as stack:
             if settings.metrics.port:
                 await tg.start(_serve_metrics, settings, registry, pipeline)
             await tg.start(functools.partial(pipeline.run, handle_signals=handle_signals))
             tg.start_soon(_warm_up_token, provider)
+            for poller in await _pollers(settings, producer, metrics, stack):
+                tg.start_soon(poller.run)
             task_status.started(pipeline)
             await pipeline.stopped.wait()
             tg.cancel_scope.cancel()

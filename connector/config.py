@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENV_PREFIX",
+    "AnySourceSettings",
+    "BimlinkSourceSettings",
+    "BimplusSourceSettings",
     "KafkaSettings",
     "LoggingSettings",
     "MetricsSettings",
@@ -45,6 +48,7 @@ __all__ = [
     "RateLimitSettings",
     "Settings",
     "SinkSettings",
+    "SourceSettings",
     "TrackingSettings",
     "WindowSettings",
     "env_name",
@@ -58,6 +62,8 @@ SECRET_FILE_KEYS: tuple[tuple[str, ...], ...] = (
     ("sink", "client_secret"),
     ("kafka", "sasl_password"),
 )
+# The same, in each item of `sources`.
+SOURCE_SECRET_KEYS: tuple[str, ...] = ("client_secret", "password")
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -221,6 +227,46 @@ class TrackingSettings(_Section):
     parent_patience_seconds: Annotated[float, Field(ge=0)] = 600.0
 
 
+class SourceSettings(_Section):
+    """What every polling source shares: where its change events and its snapshot go.
+
+    A source reads a platform's current state every `poll_interval_seconds`, compares it with
+    the last snapshot (kept in the compacted `snapshot_topic`) and publishes the differences to
+    `topic` as BuildingMinds native change events (connector/sources/base.py).
+    """
+
+    name: str | None = None
+    """Tells two sources of one type apart in the snapshot topic and in logs (default: type)."""
+    topic: str = "building-changes"
+    snapshot_topic: str = "building-twin-connector.snapshots"
+    poll_interval_seconds: PositiveFloat = 300.0
+    request_timeout_seconds: PositiveFloat = 30.0
+    tls_verify: bool = True
+    ca_file: Path | None = None
+
+    @field_validator("ca_file")
+    @classmethod
+    def _source_ca_exists(cls, value: Path | None) -> Path | None:
+        return _existing_file(value)
+
+
+class BimlinkSourceSettings(SourceSettings):
+    """BIMlink (BIMcollab Twin) Public API, read as a source (connector/sources/bimlink.py)."""
+
+    type: Literal["bimlink"]
+
+
+class BimplusSourceSettings(SourceSettings):
+    """Bimplus (Allplan) API, read as a source (connector/sources/bimplus.py)."""
+
+    type: Literal["bimplus"]
+
+
+AnySourceSettings = Annotated[
+    BimlinkSourceSettings | BimplusSourceSettings, Field(discriminator="type")
+]
+
+
 class MetricsSettings(_Section):
     """The HTTP port that serves /metrics, /healthz and /readyz (0 turns it off)."""
 
@@ -243,6 +289,8 @@ class Settings(_Section):
     tracking: TrackingSettings = TrackingSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
+    sources: tuple[AnySourceSettings, ...] = ()
+    """Platforms polled into Kafka by the same process (BIMlink, Bimplus); none by default."""
 
     def summary(self) -> dict[str, Any]:
         """The settings as plain data with every secret masked, for `check` and start-up logs."""
@@ -331,32 +379,63 @@ def _overlay_environment(
             value = ""
         if isinstance(value, int | float) and not isinstance(value, bool) and _is_text(keys):
             value = environ[name]  # an ID or a secret that happens to look like a number
-        node = raw
-        for key in keys[:-1]:
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
-                problems.append(f"{name}: '{key}' is not a section")
-                break
-            node = child
+        _place(raw, name, keys, value, problems)
+
+
+def _place(
+    raw: dict[str, Any], name: str, keys: list[str], value: Any, problems: list[str]
+) -> None:
+    """Put one environment value at its key path; list items are named by index."""
+    node: Any = raw
+    for key in keys[:-1]:
+        if isinstance(node, list):  # CONNECTOR_SOURCES__0__CLIENT_ID: an item of a list
+            if not key.isdigit() or int(key) >= len(node):
+                problems.append(f"{name}: '{key}' is not an index of that list")
+                return
+            child = node[int(key)]
         else:
-            node[keys[-1]] = value
+            child = node.setdefault(key, {})
+        if not isinstance(child, dict | list):
+            problems.append(f"{name}: '{key}' is not a section")
+            return
+        node = child
+    if isinstance(node, list):
+        problems.append(f"{name}: name a key of one list item, e.g. CONNECTOR_SOURCES__0__NAME")
+    else:
+        node[keys[-1]] = value
 
 
-_TEXT_KEYS = {"client_id", "client_secret", "scope", "group_id", "sasl_password", "sasl_username"}
+_TEXT_KEYS = {
+    "client_id", "client_secret", "scope", "group_id", "sasl_password", "sasl_username",
+    "password", "username", "partition_id", "application_id", "team_slug", "name",
+}  # fmt: skip
 
 
 def _is_text(keys: list[str]) -> bool:
     return keys[-1] in _TEXT_KEYS
 
 
-def _read_secret_files(raw: dict[str, Any], problems: list[str]) -> None:
+def _secret_places(raw: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
+    """(dotted parent, mapping, key) for every place a secret may be given as `<key>_file`."""
+    places: list[tuple[str, dict[str, Any], str]] = []
     for *sections, key in SECRET_FILE_KEYS:
         node: Any = raw
         for section in sections:
             node = node.get(section) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or f"{key}_file" not in node:
+        if isinstance(node, dict):
+            places.append((".".join(sections), node, key))
+    sources = raw.get("sources")
+    for index, item in enumerate(sources if isinstance(sources, list) else []):
+        if isinstance(item, dict):
+            places.extend((f"sources.{index}", item, key) for key in SOURCE_SECRET_KEYS)
+    return places
+
+
+def _read_secret_files(raw: dict[str, Any], problems: list[str]) -> None:
+    for parent, node, key in _secret_places(raw):
+        if f"{key}_file" not in node:
             continue
-        dotted = ".".join([*sections, key])
+        dotted = f"{parent}.{key}"
         file_value = node.pop(f"{key}_file")
         if key in node and node[key] not in (None, ""):
             problems.append(f"{dotted}: set either {key} or {key}_file, not both")
@@ -380,19 +459,28 @@ _FIELD_SETS: dict[str, type[BaseModel]] = {
 }
 
 
+_SOURCE_SETS: dict[str, type[BaseModel]] = {
+    "bimlink": BimlinkSourceSettings,
+    "bimplus": BimplusSourceSettings,
+}
+
+
 def _describe(err: Any) -> str:
     loc = tuple(err["loc"])
+    model_of_parent: type[BaseModel] | None = _FIELD_SETS.get(".".join(str(p) for p in loc[:-1]))
+    if len(loc) >= 3 and loc[0] == "sources" and isinstance(loc[1], int) and loc[2] in _SOURCE_SETS:
+        # pydantic puts the discriminator's choice after the index: sources.0.bimlink.key
+        model_of_parent = _SOURCE_SETS[str(loc[2])] if len(loc) == 4 else None
+        loc = (*loc[:2], *loc[3:])
     dotted = ".".join(str(p) for p in loc) or "(top level)"
     kind = err["type"]
     if kind == "missing":
         hint = f"required: set it in the config file or in {env_name(loc)}"
-        if loc[-1] in {"client_secret", "sasl_password"}:
+        if loc[-1] in {"client_secret", "sasl_password", "password"}:
             hint += f" (or {loc[-1]}_file / {env_name(loc)}_FILE)"
         return f"{dotted}: {hint}"
     if kind == "extra_forbidden":
-        parent = ".".join(str(p) for p in loc[:-1])
-        model = _FIELD_SETS.get(parent)
-        known = list(model.model_fields) if model else []
+        known = list(model_of_parent.model_fields) if model_of_parent else []
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
         suggestion = f"; did you mean '{close[0]}'?" if close else ""
         choices = f" (known keys: {', '.join(known)})" if known and not close else ""

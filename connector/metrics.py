@@ -135,6 +135,18 @@ class Metrics:
             "Records the platform holds until their parent arrives",
             registry=r,
         )
+        self._source_polls = Counter(
+            f"{p}source_polls",
+            "Polls of source platforms (BIMlink, Bimplus) by outcome",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self._source_changes = Counter(
+            f"{p}source_changes",
+            "Change events published by polling sources",
+            ["source", "change"],
+            registry=r,
+        )
         self._build = Gauge(f"{p}build_info", "Build information", ["version"], registry=r)
         self._build.labels(version=__version__).set(1)
         self._coalesced_by: dict[str, Counter] = {}
@@ -192,6 +204,13 @@ class Metrics:
 
     def polled(self, outcome: str) -> None:
         self._polls.labels(outcome=outcome).inc()
+
+    # polling sources; `source` is the source type (bimlink, bimplus), never an instance name
+    def source_polled(self, source: str, outcome: str) -> None:
+        self._source_polls.labels(source=source, outcome=outcome).inc()
+
+    def source_changed(self, source: str, change: str) -> None:
+        self._source_changes.labels(source=source, change=change).inc()
 
     def set_tracking(self, batches: int, waiting_for_parent: int) -> None:
         self._tracked.set(batches)
