@@ -137,7 +137,9 @@ def changes_between(previous: dict[str, str], items: Sequence[Item], source: str
     deletions: list[Change] = []
     by_endpoint = {entity.endpoint: entity for entity in ENTITIES.values()}
     for key in previous.keys() - seen:
-        _, endpoint, external_id = key.split(_SEP, 2)
+        owner, endpoint, external_id = key.split(_SEP, 2)
+        if owner != source:
+            continue  # another source's entity: not this source's to delete
         entity = by_endpoint.get(endpoint)
         if entity is not None and entity.deletable:
             deletions.append(Change(entity, external_id, "Deleted"))
@@ -159,8 +161,9 @@ class SnapshotStore:
         admin = AIOKafkaAdminClient(**self._options)
         await admin.start()
         try:
+            brokers = len((await admin.describe_cluster())["brokers"])
             new = NewTopic(
-                self.topic, num_partitions=1, replication_factor=-1,
+                self.topic, num_partitions=1, replication_factor=min(3, max(brokers, 1)),
                 topic_configs={"cleanup.policy": "compact"},
             )  # fmt: skip
             with contextlib.suppress(TopicAlreadyExistsError):
@@ -168,15 +171,25 @@ class SnapshotStore:
         finally:
             await admin.close()
 
+    async def _partitions(self) -> list[int]:
+        # a consumer without a subscription knows no topic's partitions; the admin client does
+        admin = AIOKafkaAdminClient(**self._options)
+        await admin.start()
+        try:
+            described = await admin.describe_topics([self.topic])
+        finally:
+            await admin.close()
+        return [int(p["partition"]) for d in described for p in d.get("partitions", [])]
+
     async def load(self, source: str) -> dict[str, str]:
         """Snapshot key -> digest of everything `source` published and has not deleted."""
         consumer = AIOKafkaConsumer(
             enable_auto_commit=False, auto_offset_reset="earliest", **self._options
         )
+        partitions = await self._partitions()
         await consumer.start()
         state: dict[str, str] = {}
         try:
-            partitions = consumer.partitions_for_topic(self.topic) or set()
             assigned = [TopicPartition(self.topic, p) for p in partitions]
             if not assigned:
                 return state
@@ -184,7 +197,7 @@ class SnapshotStore:
             await consumer.seek_to_beginning(*assigned)
             ends = await consumer.end_offsets(assigned)
             prefix = source + _SEP
-            while any(await consumer.position(tp) < end for tp, end in ends.items()):
+            while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
                 batch = await consumer.getmany(*assigned, timeout_ms=1000)
                 for records in batch.values():
                     for rec in records:
