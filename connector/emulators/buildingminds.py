@@ -52,21 +52,18 @@ injected clock.
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
-import signal
-import sys
 import time
 import uuid
 from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import anyio
 import orjson
 from aiohttp import web
 
+from connector.emulators import common
 from connector.emulators.buildingminds_auth import (
     DEMO_CLIENT,
     Token,
@@ -74,7 +71,6 @@ from connector.emulators.buildingminds_auth import (
     basic_credentials,
     load_clients,
 )
-from connector.emulators.buildingminds_faults import PROFILES, FaultSettings
 from connector.emulators.buildingminds_model import (
     COMPLETED,
     DOCUMENTED_STATUSES,
@@ -85,20 +81,26 @@ from connector.emulators.buildingminds_model import (
     PUBLISHED,
 )
 from connector.emulators.buildingminds_state import (
-    REQUEST_LOG_SIZE,
     STATE_KEY,
     EmulatorOptions,
     EmulatorState,
     LogEntry,
 )
+from connector.emulators.common import (
+    add_fault_arguments,
+    inject,
+    json_response,
+    rate_limit_arg,
+    retry_after,
+)
 from connector.errors import ConfigError
 
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Callable, Mapping
 
     from aiohttp.typedefs import Handler
 
-    from connector.emulators.buildingminds_faults import Fault
     from connector.emulators.buildingminds_ingest import Batch, InboundRecord
     from connector.emulators.buildingminds_model import EntitySpec
 
@@ -128,10 +130,7 @@ _ENTRY: Final = web.RequestKey("buildingminds_log_entry", LogEntry)
 # -- responses ------------------------------------------------------------------------------
 
 
-def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data), status=status, headers=headers, content_type="application/json"
-    )
+_json = json_response
 
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -143,10 +142,6 @@ def _invalid(details: str | None = None) -> web.Response:
     if details is not None:
         body["details"] = details
     return _json(body, 400)
-
-
-def _retry_after(seconds: float) -> dict[str, str]:
-    return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 _REASONS = {
@@ -196,7 +191,7 @@ async def _api_gate(
     fault = state.faults.api_fault(state.clock())
     if fault is not None:
         entry.fault = fault.kind
-        injected = await _inject(fault, request)
+        injected = await inject(fault, request, _error)
         if injected is not None:
             return injected
     now = state.now()
@@ -214,33 +209,12 @@ async def _api_gate(
             f"Rate limit is exceeded: {state.options.rate_limit_requests} requests per "
             f"{state.options.rate_limit_seconds:g} seconds per credential. "
             f"Try again in {math.ceil(wait)} seconds.",
-            _retry_after(wait),
+            retry_after(wait),
         )
     endpoint = request.path[len(API_PREFIX) :].strip("/").split("/", 1)[0]
     if (endpoint in ENTITIES or endpoint == "batch") and not client.permits(endpoint):
         return _error(403, f"The credential has no access to /{endpoint}.")
     return await _answer(handler, request)
-
-
-async def _inject(fault: Fault, request: web.Request) -> web.StreamResponse | None:
-    """Carry out an injected fault: the response to send instead, or None to go on."""
-    if fault.kind == "delay":
-        await anyio.sleep(fault.seconds)
-        return None
-    if fault.kind == "error":
-        # Injected 503s say when to come back, as a gateway in maintenance would.
-        headers = _retry_after(1) if fault.status == 503 else None
-        return _error(fault.status, "The service is temporarily unavailable.", headers)
-    if fault.kind == "reset":
-        # Drop the connection without an answer: the client sees a disconnect or reset.
-        # aiohttp discards the response returned for a transport that is gone.
-        if request.transport is not None:
-            request.transport.abort()
-        return web.Response(status=204)
-    if fault.kind == "hang":
-        await anyio.sleep(fault.seconds)
-        return _error(504, "The upstream service did not answer in time.")
-    return _error(429, "Rate limit is exceeded.", _retry_after(fault.seconds))
 
 
 # -- token endpoint -------------------------------------------------------------------------
@@ -509,53 +483,6 @@ async def _admin_entities(request: web.Request) -> web.StreamResponse:
     return _json({"count": sum(len(v) for v in found.values()), "entities": found})
 
 
-async def _admin_requests(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE_KEY]
-    raw = request.query.get("limit", str(REQUEST_LOG_SIZE))
-    if not raw.isdigit():
-        return _json({"error": "limit must be a whole number"}, 400)
-    entries = list(state.requests)[-int(raw) :] if int(raw) else []
-    data = [
-        {
-            "time": state.iso(e.time),
-            "client_id": e.client_id,
-            "method": e.method,
-            "path": e.path,
-            "status": e.status,
-            "record_count": e.record_count,
-            "fault": e.fault,
-        }
-        for e in entries
-    ]
-    return _json({"count": len(data), "requests": data})
-
-
-async def _admin_get_faults(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE_KEY]
-    return _json(state.faults.active(state.clock()).to_json())
-
-
-async def _admin_set_faults(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE_KEY]
-    try:
-        data = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        data = None
-    if not isinstance(data, dict):
-        return _json({"error": 'the body must be a JSON object like {"profile": "errors"}'}, 400)
-    try:
-        settings = FaultSettings.from_mapping(data)
-    except (ValueError, TypeError) as exc:
-        return _json({"error": str(exc)}, 400)
-    state.set_faults(settings)
-    return _json(settings.to_json())
-
-
-async def _admin_reset(request: web.Request) -> web.StreamResponse:
-    request.app[STATE_KEY].reset()
-    return _json({"status": "reset"})
-
-
 # -- the application --------------------------------------------------------------------------
 
 
@@ -579,25 +506,11 @@ def create_app(
     router.add_get(API_PREFIX + "/batch/{batchId}/inbound", _inbound)
     router.add_get(f"{ADMIN_PREFIX}/health", _admin_health)
     router.add_get(f"{ADMIN_PREFIX}/entities", _admin_entities)
-    router.add_get(f"{ADMIN_PREFIX}/requests", _admin_requests)
-    router.add_get(f"{ADMIN_PREFIX}/faults", _admin_get_faults)
-    router.add_post(f"{ADMIN_PREFIX}/faults", _admin_set_faults)
-    router.add_post(f"{ADMIN_PREFIX}/reset", _admin_reset)
+    common.add_admin_routes(router, ADMIN_PREFIX, STATE_KEY)
     return app
 
 
 # -- command line -----------------------------------------------------------------------------
-
-
-def _rate_limit(text: str) -> tuple[int, float]:
-    requests, sep, seconds = text.partition("/")
-    try:
-        parsed = (int(requests), float(seconds))
-    except ValueError:
-        parsed = (0, 0.0)
-    if not sep or parsed[0] <= 0 or parsed[1] <= 0:
-        raise argparse.ArgumentTypeError(f"expected REQUESTS/SECONDS like 100/60, got {text!r}")
-    return parsed
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
@@ -605,17 +518,18 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = EmulatorOptions()
     parser.add_argument(
         "--rate-limit",
-        type=_rate_limit,
-        default=(defaults.rate_limit_requests, defaults.rate_limit_seconds),
+        type=rate_limit_arg,
+        default=None,  # each emulator has its own default; buildingx shares this option
         metavar="REQUESTS/SECONDS",
-        help="request budget per credential over a rolling window (default: 100/60)",
+        help="request budget per credential over a rolling window "
+        "(default: 100/60; buildingx: 10/1 per API)",
     )
     parser.add_argument(
         "--token-lifetime",
         type=int,
-        default=defaults.token_lifetime_seconds,
+        default=None,
         metavar="SECONDS",
-        help="access token lifetime (default: 3599)",
+        help="access token lifetime (default: 3599; buildingx: 86400)",
     )
     parser.add_argument(
         "--processing-delay",
@@ -624,29 +538,14 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="time from acceptance to Completed; InProgress after half (default: 2)",
     )
-    parser.add_argument(
-        "--fault-profile",
-        choices=list(PROFILES),
-        default=defaults.fault_profile,
-        metavar="NAME",
-        help=f"faults to inject: {', '.join(PROFILES)} (default: none)",
-    )
-    parser.add_argument(
-        "--fault-rate",
-        type=float,
-        default=None,
-        metavar="SHARE",
-        help="share of requests the fault profile affects, 0..1 (default: per profile)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=defaults.seed, help="seed of the fault decisions (default: 0)"
-    )
+    add_fault_arguments(parser, seed=defaults.seed)
     parser.add_argument(
         "--clients",
         type=Path,
         default=None,
         metavar="FILE",
         help="YAML/JSON list of client_id, client_secret, scope, optional allowed_endpoints "
+        "(buildingx: client_id, client_secret, partitions) "
         "(default: the demo credential demo-client / demo-secret)",
     )
     parser.add_argument(
@@ -661,12 +560,20 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
     """EmulatorOptions from parsed arguments; ConfigError lists what is wrong."""
     clients = load_clients(args.clients) if args.clients is not None else [DEMO_CLIENT]
-    requests, seconds = args.rate_limit
+    defaults = EmulatorOptions()
+    requests, seconds = args.rate_limit or (
+        defaults.rate_limit_requests,
+        defaults.rate_limit_seconds,
+    )
     try:
         return EmulatorOptions(
             rate_limit_requests=requests,
             rate_limit_seconds=seconds,
-            token_lifetime_seconds=args.token_lifetime,
+            token_lifetime_seconds=(
+                defaults.token_lifetime_seconds
+                if args.token_lifetime is None
+                else args.token_lifetime
+            ),
             processing_delay_seconds=args.processing_delay,
             fault_profile=args.fault_profile,
             fault_rate=args.fault_rate,
@@ -694,31 +601,6 @@ def _announcement(options: EmulatorOptions, host: str, port: int) -> str:
     )
 
 
-async def _serve(app: web.Application, host: str, port: int) -> None:
-    # No access log: one line per request would cost more than the emulator's own work
-    # under a benchmark; GET /_emulator/requests has the same facts.
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True)
-    await runner.setup()
-    try:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            await web.TCPSite(runner, host, port).start()
-            bound_host, bound_port = runner.addresses[0][:2]
-            print(  # noqa: T201 - the command's one line for the person who started it
-                _announcement(app[STATE_KEY].options, str(bound_host), int(bound_port)),
-                flush=True,
-            )
-            async for _ in signals:
-                break
-    finally:
-        await runner.cleanup()
-
-
 def run_from_args(args: argparse.Namespace) -> int:
     """Serve on args.host:args.port until SIGINT/SIGTERM; the exit code (2: bad options)."""
-    try:
-        options = options_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)  # noqa: T201 - a command-line front end
-        return 2
-    anyio.run(_serve, create_app(options), args.host, args.port)
-    return 0
+    return common.run_from_args(args, options_from_args, create_app, _announcement)

@@ -74,6 +74,7 @@ class LogEntry:
     status: int | None = None  # None: the connection was dropped (resets profile)
     record_count: int | None = None
     fault: str | None = None
+    request_id: str | None = None  # the X-Request-Id answered (Building X sends one)
 
 
 @dataclass

@@ -7,20 +7,23 @@ on it. Time moves only when a test calls `clock.advance(...)`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 
 from connector.emulators.buildingminds import (
     API_PREFIX,
     DEFAULT_TENANT,
     STATE_KEY,
-    EmulatorOptions,
     EmulatorState,
     create_app,
 )
@@ -50,11 +53,48 @@ class FakeClock:
 
 @dataclass
 class Reply:
-    """A response read completely: status, headers and the JSON body (None if not JSON)."""
+    """A response read completely: status, headers (names match case-insensitively) and the
+    JSON body (None if not JSON)."""
 
     status: int
-    headers: dict[str, str]
+    headers: Mapping[str, str]
     body: Any
+
+
+async def fetch(
+    session: aiohttp.ClientSession,
+    method: str,
+    path: str,
+    *,
+    data: Any = None,
+    headers: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> Reply:
+    """One request, read completely."""
+    kwargs: dict[str, Any] = {"data": data, "headers": headers, "params": params}
+    if timeout is not None:
+        kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout)
+    async with session.request(method, path, **kwargs) as response:
+        raw = await response.read()
+        try:
+            parsed = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            parsed = None
+        return Reply(response.status, CIMultiDict(response.headers), parsed)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[tuple[TestServer, aiohttp.ClientSession]]:
+    """`app` on a real loopback socket and a session on it, both closed afterwards."""
+    server = TestServer(app)
+    await server.start_server()
+    session = aiohttp.ClientSession(base_url=server.make_url("/"))
+    try:
+        yield server, session
+    finally:
+        await session.close()
+        await server.close()
 
 
 @dataclass
@@ -77,18 +117,7 @@ class Emulator:
         timeout: float | None = None,
     ) -> Reply:
         body = orjson.dumps(json) if json is not None else data
-        kwargs: dict[str, Any] = {}
-        if timeout is not None:
-            kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout)
-        async with self.session.request(
-            method, path, data=body, headers=headers, **kwargs
-        ) as response:
-            raw = await response.read()
-            try:
-                parsed = orjson.loads(raw) if raw else None
-            except orjson.JSONDecodeError:
-                parsed = None
-            return Reply(response.status, dict(response.headers), parsed)
+        return await fetch(self.session, method, path, data=body, headers=headers, timeout=timeout)
 
     async def token_reply(self, **overrides: str | None) -> Reply:
         """POST the demo credential's form to the token endpoint; None drops a field."""
@@ -139,6 +168,23 @@ class Emulator:
 
 
 StartEmulator = Callable[..., Awaitable[Emulator]]
+T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def starter(
+    make_app: Callable[[Any], web.Application],
+    wrap: Callable[[TestServer, aiohttp.ClientSession, web.Application], T],
+) -> AsyncIterator[Callable[..., Awaitable[T]]]:
+    """`start(options)` serves `make_app(options)` and wraps it; all are closed afterwards."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(options: Any = None) -> T:
+            app = make_app(options)
+            server, session = await stack.enter_async_context(serving(app))
+            return wrap(server, session, app)
+
+        yield start
 
 
 @pytest.fixture
@@ -149,23 +195,12 @@ def clock() -> FakeClock:
 @pytest.fixture
 async def start_emulator(clock: FakeClock) -> AsyncIterator[StartEmulator]:
     """Start emulators with given options on the test's clock; all are closed afterwards."""
-    started: list[Emulator] = []
 
-    async def start(options: EmulatorOptions | None = None) -> Emulator:
-        app = create_app(options, clock=clock)
-        server = TestServer(app)
-        await server.start_server()
-        session = aiohttp.ClientSession(base_url=server.make_url("/"))
-        emulator = Emulator(server, session, clock, app[STATE_KEY])
-        started.append(emulator)
-        return emulator
+    def wrap(server: TestServer, session: aiohttp.ClientSession, app: web.Application) -> Emulator:
+        return Emulator(server, session, clock, app[STATE_KEY])
 
-    try:
+    async with starter(functools.partial(create_app, clock=clock), wrap) as start:
         yield start
-    finally:
-        for emulator in started:
-            await emulator.session.close()
-            await emulator.server.close()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import functools
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,11 +22,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from connector.app import Pipeline, run_connector
 from connector.config import Settings
+from connector.devbroker import free_port, port_open
 from connector.emulators.buildingminds import EmulatorOptions, create_app
 from tests.kafka_fixtures import wait_until
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 
 @dataclass
@@ -75,6 +77,27 @@ async def running_emulator(options: EmulatorOptions) -> AsyncIterator[Emulator]:
     finally:
         await emu.http.close()
         await server.close()
+
+
+@contextlib.contextmanager
+def emulator_process(name: str) -> Iterator[str]:
+    """`python -m connector emulate NAME` on a free port for the block: its root URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "connector", "emulate", name, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not port_open(port):
+            assert proc.poll() is None, "the emulator exited"
+            assert time.monotonic() < deadline, "the emulator did not open its port"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def settings_for(

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING
@@ -15,7 +12,8 @@ import pytest
 import yaml
 
 from connector.cli import EXIT_CHECK_FAILED, EXIT_OK, main
-from connector.devbroker import free_port, port_open
+from connector.devbroker import free_port
+from tests.integration.helpers import emulator_process
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -26,22 +24,8 @@ SECRET = "demo-secret"
 
 @pytest.fixture(scope="module")
 def emulator_url() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "connector", "emulate", "buildingminds", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not port_open(port):
-            assert proc.poll() is None, "the emulator exited"
-            assert time.monotonic() < deadline, "the emulator did not open its port"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with emulator_process("buildingminds") as url:
+        yield url
 
 
 def check(tmp_path: Path, url: str, **sink: str) -> tuple[int, str, str]:
