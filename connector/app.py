@@ -53,6 +53,8 @@ from connector.metrics import Metrics
 from connector.offsets import OffsetTracker, TopicPartitionKey
 from connector.ratelimit import Backoff, BudgetShare, RollingWindowLimiter
 from connector.sinks.buildingminds import BuildingMindsSink
+from connector.sinks.buildingx import APIS as BUILDINGX_APIS
+from connector.sinks.buildingx import BuildingXSink
 from connector.sources import build_source
 from connector.sources.base import Poller, SnapshotStore
 from connector.tracker import Outcome, StatusSource, Tracker
@@ -62,7 +64,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from connector.config import Settings
+    from connector.config import RateLimitSettings, Settings
     from connector.sinks.base import Sink, SubmitResult
 
 __all__ = ["Pipeline", "build_sink", "client_session", "kafka_options", "run_connector"]
@@ -161,6 +163,7 @@ class Pipeline:
         self.budget = BudgetShare(limiter, limiter.capacity, clock=clock)
         t = settings.tracking
         self.tracker: Tracker | None = None
+        # Building X answers synchronously: its sink is no StatusSource, so it is never tracked
         if t.enabled and isinstance(sink, StatusSource):
             self.tracker = Tracker(
                 sink, limiter, on_terminal=self._terminal,
@@ -686,9 +689,22 @@ def http_session(*, verify: bool, ca_file: Path | None, timeout: float) -> aioht
     return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout), connector=connector)
 
 
+def budget_limiter(rate: RateLimitSettings) -> RollingWindowLimiter:
+    """A limiter for one request budget, pacing from the start.
+
+    A request starts here a little before the platform counts it, and network jitter can
+    bring two starts closer there than here: a 1% (+50 ms) wider window keeps the platform's
+    count under the budget while still using about 99% of it.
+    """
+    limiter = RollingWindowLimiter(rate.requests, rate.per_seconds * 1.01 + 0.05)
+    limiter.assume_recent_use()  # a restart must not burst into a window its predecessor filled
+    return limiter
+
+
 async def build_sink(
     settings: Settings, metrics: Metrics, session: aiohttp.ClientSession
-) -> tuple[BuildingMindsSink, TokenProvider]:
+) -> tuple[BuildingMindsSink | BuildingXSink, TokenProvider]:
+    """The configured sink (`sink.type`) on a session that carries its token."""
     s = settings.sink
 
     def refreshed(outcome: str) -> None:
@@ -696,7 +712,12 @@ async def build_sink(
         if outcome == "success" and provider.current is not None:
             metrics.set_token_expiry(provider.current.expires_at_wall)
 
-    grant = ClientCredentials(s.token_url, s.client_id, s.client_secret, scope=s.token_scope)
+    if s.type == "buildingx":  # Auth0: a JSON body with an audience
+        grant = ClientCredentials(
+            s.token_url, s.client_id, s.client_secret, audience=s.audience, as_json=True
+        )
+    else:
+        grant = ClientCredentials(s.token_url, s.client_id, s.client_secret, scope=s.token_scope)
     provider = TokenProvider(
         session, grant, skew_seconds=s.token_skew_seconds, on_refresh=refreshed
     )
@@ -705,6 +726,17 @@ async def build_sink(
         timeout=session.timeout, connector=session.connector, connector_owner=False,
         middlewares=(auth,),
     )  # fmt: skip
+    if s.type == "buildingx":
+        assert s.partition_id is not None  # noqa: S101 - required for buildingx by the config
+        # one submission becomes several requests: the sink paces each API itself
+        sink = BuildingXSink(
+            authed, s.base_url, s.partition_id,
+            limiters={api: budget_limiter(s.rate_limit) for api in BUILDINGX_APIS},
+            point_field=s.point_field, point_ids=s.point_ids,
+            overwrite_values=s.overwrite_values, parent_wait=s.parent_wait_seconds,
+            max_retry_after=s.max_retry_after_seconds, on_wait=metrics.rate_limit_waited,
+        )  # fmt: skip
+        return sink, provider
     return BuildingMindsSink(
         authed, s.base_url, max_retry_after=s.max_retry_after_seconds
     ), provider
@@ -807,12 +839,7 @@ async def run_connector(
         enable_idempotence=True, acks="all", linger_ms=5,
         max_request_size=settings.window.max_record_bytes + 64 * 1024, **options,
     )  # fmt: skip
-    rate = settings.sink.rate_limit
-    # A request starts here a little before the platform counts it, and network jitter can
-    # bring two starts closer there than here: a 1% (+50 ms) wider window keeps the platform's
-    # count under the budget while still using about 99% of it.
-    limiter = RollingWindowLimiter(rate.requests, rate.per_seconds * 1.01 + 0.05)
-    limiter.assume_recent_use()  # a restart must not burst into a window its predecessor filled
+    limiter = budget_limiter(settings.sink.rate_limit)
     session = client_session(settings)
     sink, provider = await build_sink(settings, metrics, session)
     dead_letters = DeadLetterWriter(

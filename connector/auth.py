@@ -169,6 +169,11 @@ class ClientCredentials:
 
     def fix(self, error: str, status: int) -> str | None:
         del status
+        if error == "access_denied" and self.audience is not None:
+            return (
+                "access denied: check the audience (the API identifier the platform gave you) "
+                "and that the client ID and secret belong to a machine user allowed to use it"
+            )
         if error in ("invalid_client", "unauthorized_client", "access_denied"):
             return "the client ID or secret was refused: re-copy both from the platform's console"
         if error == "invalid_scope":
@@ -337,7 +342,7 @@ class TokenProvider:
 
     def _error_for(self, status: int, body: bytes, retry_after: str | None) -> AuthError:
         where = f"token endpoint {self._token_url}"
-        if status in (400, 401):
+        if status in (400, 401, 403):  # OAuth2 error bodies; Auth0 answers 403 for an audience
             payload = _json_object(body) or {}
             error = str(payload.get("error") or "")
             description = str(payload.get("error_description") or "")

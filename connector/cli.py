@@ -63,12 +63,37 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(check)
 
     emulate = sub.add_parser("emulate", help="run the bundled emulator of a platform")
-    emulate.add_argument("name", choices=["buildingminds"], help="which platform")
+    emulate.add_argument(
+        "name", choices=["buildingminds", "buildingx", "bimplus", "bimlink"], help="which platform"
+    )
     emulate.add_argument("--port", type=int, default=8080)
     emulate.add_argument("--host", default="127.0.0.1")
     from connector.emulators.buildingminds import add_cli_arguments  # noqa: PLC0415
 
     add_cli_arguments(emulate)
+    from connector.emulators import bimplus  # noqa: PLC0415
+
+    bimplus.add_cli_arguments(emulate)
+    from connector.emulators import bimlink  # noqa: PLC0415
+
+    bimlink.add_cli_arguments(emulate)
+
+    auth = sub.add_parser(
+        "auth", help="log in once to a platform that needs a person (bimlink), store the token"
+    )
+    auth.add_argument("platform", choices=["bimlink"], help="which platform")
+    _config_arg(auth)
+    auth.add_argument(
+        "--source", default=None, metavar="NAME",
+        help="which bimlink source of the config, by name (needed only when there are several)",
+    )  # fmt: skip
+    auth.add_argument(
+        "--no-browser", action="store_true", help="only print the login URL, do not open it"
+    )
+    auth.add_argument(
+        "--timeout", type=float, default=None, metavar="SECONDS",
+        help="how long to wait for the login (default: the source's login_timeout_seconds)",
+    )  # fmt: skip
 
     batches = sub.add_parser("batches", help="list recent batches and their status")
     _config_arg(batches)
@@ -147,9 +172,54 @@ def cmd_batches(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_emulate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     del out, err
+    if args.name == "bimlink":
+        from connector.emulators import bimlink  # noqa: PLC0415
+
+        return bimlink.run_from_args(args)
+    if args.name == "bimplus":
+        from connector.emulators import bimplus  # noqa: PLC0415
+
+        return bimplus.run_from_args(args)
+    if args.name == "buildingx":
+        from connector.emulators import buildingx  # noqa: PLC0415
+
+        return buildingx.run_from_args(args)
     from connector.emulators.buildingminds import run_from_args  # noqa: PLC0415
 
     return run_from_args(args)
+
+
+def cmd_auth(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    settings = _load(args, err)
+    if settings is None:
+        return EXIT_USAGE
+    from connector.config import BimlinkSourceSettings  # noqa: PLC0415
+    from connector.sources.bimlink_auth import LoginFailed, login  # noqa: PLC0415
+
+    candidates = [
+        s for s in settings.sources
+        if isinstance(s, BimlinkSourceSettings) and args.source in (None, s.name or s.type)
+    ]  # fmt: skip
+    if len(candidates) != 1:
+        what, hint = (
+            ("no", "add one under sources:") if not candidates
+            else ("more than one", "pick one with --source NAME")
+        )  # fmt: skip
+        print(f"error: {args.config}: {what} {args.platform} source found; {hint}", file=err)
+        return EXIT_USAGE
+    import webbrowser  # noqa: PLC0415 - only this command opens a browser
+
+    browser = None if args.no_browser else webbrowser.open
+    try:
+        anyio.run(
+            functools.partial(
+                login, candidates[0], out=out, browser=browser, wait_seconds=args.timeout
+            )
+        )
+    except LoginFailed as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_CHECK_FAILED
+    return EXIT_OK
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
@@ -157,6 +227,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
     "check": cmd_check,
     "batches": cmd_batches,
     "emulate": cmd_emulate,
+    "auth": cmd_auth,
     "produce-sample": cmd_produce_sample,
 }
 

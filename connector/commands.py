@@ -25,6 +25,8 @@ from connector.errors import (
 )
 from connector.metrics import Metrics
 from connector.samples import sample_events
+from connector.sinks.buildingminds import BuildingMindsSink
+from connector.sinks.buildingx import BuildingXSink
 from connector.tracker import FAILED
 
 if TYPE_CHECKING:
@@ -52,7 +54,7 @@ async def run_check(settings: Settings, out: TextIO, err: TextIO) -> bool:
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
     s = settings.sink
-    if not s.scope.endswith("/.default"):
+    if s.type == "buildingminds" and not (s.scope or "").endswith("/.default"):
         print(f"note: sink.scope has no /.default; sending {s.token_scope!r}", file=out)
     session = client_session(settings)
     sink, provider = await build_sink(settings, Metrics(CollectorRegistry()), session)
@@ -61,12 +63,16 @@ async def run_check(settings: Settings, out: TextIO, err: TextIO) -> bool:
             token = await provider.token()
         except CredentialsRejected as exc:
             print(f"FAILED: token endpoint refused the credentials: {exc}", file=err)
+            if s.type == "buildingx":
+                print(f"  fix: {_buildingx_token_fix(exc)}", file=err)
             return False
         except AuthError as exc:
             print(f"FAILED: token endpoint {s.token_url} is not reachable: {exc}", file=err)
             return False
         minutes = (token.expires_at_wall - time.time()) / 60
         print(f"token: ok (expires in {minutes:.0f} min)", file=out)
+        if isinstance(sink, BuildingXSink):
+            return await _check_buildingx(sink, out, err)
         try:
             listing = await sink.list_batches(limit=5)
         except ApiError as exc:
@@ -83,6 +89,48 @@ async def run_check(settings: Settings, out: TextIO, err: TextIO) -> bool:
         await session.close()
 
 
+def _buildingx_token_fix(exc: CredentialsRejected) -> str:
+    if exc.status == 403:
+        return (
+            "Auth0 refused the audience (or the client has no grant for it): set sink.audience "
+            "to the Building X API audience, https://horizon.siemens.com (the default)"
+        )
+    if exc.status == 401:
+        return (
+            "re-copy sink.client_id and sink.client_secret of the machine user from the "
+            "Building X API Manager"
+        )
+    return "check sink.token_url (the Auth0 /oauth/token URL) and the credentials"
+
+
+async def _check_buildingx(sink: BuildingXSink, out: TextIO, err: TextIO) -> bool:
+    """The read-only `GET …/locations?page[limit]=1` of the configured partition."""
+    what = f"GET /structure/partitions/{sink.partition_id}/locations"
+    try:
+        document = await sink.list_locations(limit=1)
+    except EndpointMisconfigured as exc:
+        fix = {
+            403: f"the machine user may not use partition {sink.partition_id!r}: check "
+            "sink.partition_id (the API Manager shows the machine user's partition) and its "
+            "user groups",
+            404: "check sink.base_url: it must end in /api/openness "
+            "(e.g. https://eu.buildingx.siemens.com/api/openness)",
+        }.get(exc.status or 0, f"check sink.base_url: the API answered {exc.status}")
+        print(f"FAILED: {what}: {exc}\n  fix: {fix}", file=err)
+        return False
+    except Unauthorized as exc:
+        fix = "the token was refused: check that sink.audience belongs to sink.base_url's API"
+        print(f"FAILED: {what}: {exc}\n  fix: {fix}", file=err)
+        return False
+    except (ApiError, AuthError) as exc:
+        print(f"FAILED: {what}: {exc}", file=err)
+        return False
+    found = len(document.get("data") or [])
+    more = " and more" if (document.get("links") or {}).get("next") else ""
+    print(f"{what}: ok ({found}{more} location(s) visible)", file=out)
+    return True
+
+
 async def list_batches(
     settings: Settings, limit: int, batch_id: str | None, out: TextIO, err: TextIO
 ) -> bool:
@@ -92,6 +140,9 @@ async def list_batches(
     session = client_session(settings)
     sink, _ = await build_sink(settings, Metrics(CollectorRegistry()), session)
     try:
+        if not isinstance(sink, BuildingMindsSink):
+            print("FAILED: batches: Building X has no batches (it answers synchronously)", file=err)
+            return False
         listing = await sink.list_batches(limit=limit, batch_id=batch_id)
         rows = listing.get("data") or []
         print(f"{'batch':36}  {'endpoint':26}  {'created':24}  {'records':>7}  statuses", file=out)

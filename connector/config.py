@@ -27,6 +27,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -146,17 +147,45 @@ class RateLimitSettings(_Section):
     per_seconds: PositiveFloat = 60.0
 
 
-class SinkSettings(_Section):
-    """The platform the records go to, and the credential used for it."""
+# What `sink.type: buildingx` changes: its own defaults, and the keys only it needs or takes.
+_BUILDINGX_DEFAULTS: dict[str, Any] = {
+    "base_url": "https://eu.buildingx.siemens.com/api/openness",
+    "token_url": "https://siemens-bt-015.eu.auth0.com/oauth/token",
+    "audience": "https://horizon.siemens.com",
+    "rate_limit": {"requests": 10, "per_seconds": 1.0},  # per client and API (seed 002)
+}
+_TYPE_KEYS: dict[str, tuple[str, ...]] = {
+    "buildingminds": ("scope",),
+    "buildingx": ("audience", "partition_id"),
+}
 
-    type: Literal["buildingminds"] = "buildingminds"
+
+class SinkSettings(_Section):
+    """The platform the records go to, and the credential used for it.
+
+    `type: buildingminds` (the default) needs `scope`; `type: buildingx` (docs/buildingx.md)
+    needs `partition_id`, takes `audience`, and has its own defaults for `base_url`,
+    `token_url`, `audience` and `rate_limit` (10 requests per second, per API).
+    """
+
+    type: Literal["buildingminds", "buildingx"] = "buildingminds"
     base_url: str = "https://api.onbuildingminds.com/api/digitaltwinintegration"
     token_url: str = (
         "https://login.microsoftonline.com/buildingminds.onmicrosoft.com/oauth2/v2.0/token"  # noqa: S105 - a URL, not a password
     )
     client_id: str
     client_secret: SecretStr
-    scope: str
+    scope: str | None = Field(default=None, validate_default=True)
+    audience: str | None = Field(default=None, validate_default=True)
+    partition_id: str | None = Field(default=None, validate_default=True)
+    point_field: str = "meterId"
+    """buildingx: the field of an operational-measurement record that names its point."""
+    point_ids: dict[str, str] = {}
+    """buildingx: that field's value -> Building X point id (unmapped values are used as is)."""
+    overwrite_values: bool = True
+    """buildingx: send point values with `overwrite=true`, so a corrected reading replaces."""
+    parent_wait_seconds: Annotated[float, Field(ge=0)] = 600.0
+    """buildingx: how long a location waits for its parent before it is dead-lettered."""
     rate_limit: RateLimitSettings = RateLimitSettings()
     request_timeout_seconds: PositiveFloat = 30.0
     tls_verify: bool = True
@@ -178,17 +207,54 @@ class SinkSettings(_Section):
     def _ca_exists(cls, value: Path | None) -> Path | None:
         return _existing_file(value)
 
-    @field_validator("client_id", "scope")
+    @model_validator(mode="before")
+    @classmethod
+    def _type_defaults(cls, data: Any) -> Any:
+        """Fill the defaults of `type: buildingx`; a partial rate_limit keeps its other half."""
+        if not isinstance(data, dict) or data.get("type") != "buildingx":
+            return data
+        data = dict(data)
+        for key, default in _BUILDINGX_DEFAULTS.items():
+            given = data.get(key)
+            if isinstance(default, dict) and isinstance(given, dict):
+                data[key] = {**default, **given}
+            elif given is None:
+                data[key] = default
+        return data
+
+    @field_validator("client_id")
     @classmethod
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
         return value.strip()
 
+    @field_validator("scope", "audience", "partition_id")
+    @classmethod
+    def _of_type(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Required by its sink type, refused by the others (the problem names the key)."""
+        sink_type = info.data.get("type")
+        if sink_type is None:  # the type itself is wrong: that problem is reported alone
+            return value
+        name = str(info.field_name)
+        needed = name in _TYPE_KEYS[sink_type]
+        if value is None and needed:
+            raise ValueError(
+                f"required for sink.type {sink_type}: set it in the config file or in "
+                f"{env_name(('sink', name))}"
+            )
+        if value is not None and not needed:
+            users = [t for t, keys in _TYPE_KEYS.items() if name in keys]
+            raise ValueError(f"only sink.type {' / '.join(users)} takes it; remove it")
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return None if value is None else value.strip()
+
     @property
     def token_scope(self) -> str:
         """The scope sent to the token endpoint: the client-credentials flow needs `/.default`."""
-        return self.scope if self.scope.endswith("/.default") else f"{self.scope}/.default"
+        scope = self.scope or ""
+        return scope if scope.endswith("/.default") else f"{scope}/.default"
 
 
 class WindowSettings(_Section):
@@ -251,15 +317,191 @@ class SourceSettings(_Section):
 
 
 class BimlinkSourceSettings(SourceSettings):
-    """BIMlink (BIMcollab Twin) Public API, read as a source (connector/sources/bimlink.py)."""
+    """BIMlink (BIMcollab Twin) Public API, read as a source (connector/sources/bimlink.py).
+
+    The credential is a user's refresh token, obtained once by `connector auth bimlink` and
+    kept (rotated at every use) in `refresh_token_file`; docs/bimlink.md explains each key.
+    """
 
     type: Literal["bimlink"]
+    base_url: str = "https://api.bimlink.nl"
+    api_prefix: str = "/api/v1"
+    """Path of the API below base_url (inferred; set "" if the Swagger shows none)."""
+    authority_url: str = "https://api.bimlink.nl"
+    """The auth server: /connect/authorize and /connect/token live below it (quickstart)."""
+    client_id: str
+    client_secret: SecretStr | None = None
+    scope: str = "bimlink_publicapi offline_access"
+    refresh_token_file: Path
+    redirect_port: Annotated[int, Field(ge=1, le=65535)] = 8765
+    login_timeout_seconds: PositiveFloat = 300.0
+    domain_account_ids: tuple[str, ...] = ()
+    """Domain accounts to read; empty: every account the user sees."""
+    page_limit: Annotated[int, Field(ge=1, le=1000)] = 100
+    phase_names: tuple[str, ...] = ()
+    """Which project phase gives a building its floors and spaces: the first phase whose name
+    matches one of these (case-insensitive), else the project's last phase."""
+    site_type: str = "Other"
+    default_country: str = "NL"
+    default_city: str = "Unknown"
+    valid_from: str = "1900-01-01T00:00:00Z"
+    valid_until: str = "9999-12-31T23:59:59Z"
+    token_skew_seconds: Annotated[float, Field(ge=0)] = 60.0
+    max_attempts: Annotated[int, Field(ge=1, le=20)] = 4
+    """Tries per API request (5xx, resets, timeouts, 429) before the poll fails and backs off."""
+    max_retry_after_seconds: PositiveFloat = 60.0
+
+    @field_validator("base_url", "authority_url")
+    @classmethod
+    def _bimlink_urls(cls, value: str) -> str:
+        return _http_url(value)
+
+    @field_validator("api_prefix")
+    @classmethod
+    def _bimlink_prefix(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not value.startswith("/"):
+            raise ValueError("must be empty or start with '/', e.g. /api/v1")
+        return value
+
+    @field_validator("client_id")
+    @classmethod
+    def _bimlink_client(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty: the client ID BIMlink support gave you")
+        return value.strip()
+
+    @field_validator("scope")
+    @classmethod
+    def _bimlink_scope(cls, value: str) -> str:
+        scopes = value.split()
+        missing = [s for s in ("bimlink_publicapi", "offline_access") if s not in scopes]
+        if missing:
+            raise ValueError(
+                f"must include {' and '.join(missing)} (bimlink_publicapi reads the API, "
+                "offline_access gives the refresh token the connector runs on)"
+            )
+        return " ".join(scopes)
+
+    @field_validator("site_type")
+    @classmethod
+    def _bimlink_site_type(cls, value: str) -> str:
+        from connector.emulators.buildingminds_model import SITE_TYPES  # noqa: PLC0415
+
+        if value not in SITE_TYPES:
+            raise ValueError(f"must be a BuildingMinds site type: {', '.join(sorted(SITE_TYPES))}")
+        return value
+
+    @field_validator("default_country")
+    @classmethod
+    def _bimlink_country(cls, value: str) -> str:
+        if len(value) != 2 or not value.isalpha():
+            raise ValueError("must be an ISO 3166 alpha-2 code such as NL")
+        return value.upper()
+
+    @field_validator("valid_from", "valid_until")
+    @classmethod
+    def _bimlink_dates(cls, value: str) -> str:
+        from datetime import datetime  # noqa: PLC0415
+
+        try:
+            datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")  # noqa: DTZ007 - checked, not used
+        except ValueError:
+            raise ValueError("must be a UTC date-time like 2024-01-31T00:00:00Z") from None
+        return value
+
+    @field_validator("domain_account_ids", "phase_names")
+    @classmethod
+    def _bimlink_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not v.strip() for v in value):
+            raise ValueError("must not contain empty values")
+        return tuple(v.strip() for v in value)
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.authority_url}/connect/token"
+
+    @property
+    def authorize_url(self) -> str:
+        return f"{self.authority_url}/connect/authorize"
+
+    @property
+    def redirect_uri(self) -> str:
+        """The URI `connector auth bimlink` listens on; BIMlink must whitelist it exactly."""
+        return f"http://127.0.0.1:{self.redirect_port}/callback"
 
 
 class BimplusSourceSettings(SourceSettings):
-    """Bimplus (Allplan) API, read as a source (connector/sources/bimplus.py)."""
+    """Bimplus (Allplan) API, read as a source (connector/sources/bimplus.py, docs/bimplus.md).
+
+    `auth: oidc` (the default) finds the token endpoint by OIDC discovery and uses client
+    credentials, or the password grant when `username` is set; `auth: legacy` uses the obsolete
+    `POST /v2/authorize` with `username`, `password` and `application_id` (`BimPlus` tokens).
+    """
 
     type: Literal["bimplus"]
+    base_url: str = "https://api-stage.bimplus.net/v2"
+    discovery_url: str | None = None
+    """Default: `{base_url}/.well-known/openid-configuration`."""
+    auth: Literal["oidc", "legacy"] = "oidc"
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    scope: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    application_id: str | None = None
+    team_slug: str | None = None
+    site_type: Literal[
+        "Education", "Health Care", "Hotel", "Industrial", "Lodging", "Leisure & Recreation",
+        "Mixed Use", "Office", "Residential", "Retail", "Technology/Science", "Other",
+    ] = "Other"  # fmt: skip
+    """BuildingMinds Site `type` of every project (Bimplus has no such field)."""
+    default_country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] = "DE"
+    default_city: str = "Unknown"
+    token_skew_seconds: Annotated[float, Field(ge=0)] = 300.0
+
+    @field_validator("base_url", "discovery_url")
+    @classmethod
+    def _bimplus_urls(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @field_validator("team_slug")
+    @classmethod
+    def _slug(cls, value: str | None) -> str | None:
+        allowed = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+        if value is not None and (not value or not set(value) <= allowed):
+            raise ValueError("a team slug is lowercase letters, digits and '-', e.g. my-team")
+        return value
+
+    @model_validator(mode="after")
+    def _bimplus_credentials(self) -> BimplusSourceSettings:
+        values = {
+            "client_id": self.client_id, "username": self.username,
+            "application_id": self.application_id,
+            "client_secret": self.client_secret and self.client_secret.get_secret_value(),
+            "password": self.password and self.password.get_secret_value(),
+        }  # fmt: skip
+        given = {k for k, v in values.items() if v and v.strip()}
+        if self.auth == "legacy":
+            needed = ["username", "password", "application_id"]
+            why = "auth: legacy (POST /v2/authorize) needs"
+        elif "username" in given or "password" in given:
+            needed = ["client_id", "username", "password"]
+            why = "auth: oidc with a user (password grant) needs"
+        else:
+            needed = ["client_id", "client_secret"]
+            why = "auth: oidc (client credentials) needs"
+        missing = [k for k in needed if k not in given]
+        if missing:
+            files = [f"{k}_file" for k in missing if k in ("password", "client_secret")]
+            hint = f" (secrets may come from {' / '.join(files)})" if files else ""
+            raise ValueError(f"{why} {', '.join(needed)}; missing: {', '.join(missing)}{hint}")
+        return self
+
+    @property
+    def discovery(self) -> str:
+        """Where the OIDC discovery document is read."""
+        return self.discovery_url or f"{self.base_url}/.well-known/openid-configuration"
 
 
 AnySourceSettings = Annotated[

@@ -567,3 +567,18 @@ async def test_no_secret_or_token_in_any_message_or_repr(
         assert SECRET not in text
         assert value not in text
     assert len(errors) == 7
+
+
+async def test_an_auth0_403_for_the_audience_is_rejected_with_that_fix(platform: Platform) -> None:
+    body = {"error": "access_denied", "error_description": "Service not enabled within domain"}
+    platform.replies.append(Reply(403, orjson.dumps(body)))
+    grant = ClientCredentials(
+        platform.url("/token"), CLIENT_ID, SecretStr(SECRET), audience="https://x", as_json=True
+    )
+    async with aiohttp.ClientSession() as session:
+        provider = TokenProvider(session, grant)
+        with pytest.raises(CredentialsRejected) as caught:
+            await provider.token()
+    assert "check the audience" in str(caught.value)
+    assert "Service not enabled within domain" in str(caught.value)
+    assert caught.value.status == 403

@@ -187,3 +187,49 @@ def test_no_secret_in_reprs_summaries_or_errors(tmp_path: Path) -> None:
 def test_every_shipped_config_loads(path: Path) -> None:
     settings = load_settings(path, {})
     assert settings.sink.client_id
+
+
+# --- sources ------------------------------------------------------------------------------
+
+
+def test_a_sources_problems_name_its_index_and_suggest_the_key(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        MINIMAL
+        + textwrap.dedent(
+            """
+            sources:
+              - type: bimlink
+                poll_interval_secnds: 60
+              - type: nosuch
+            """
+        ),
+    )
+    found = problems_of(path)
+    assert (
+        "sources.0.poll_interval_secnds: unknown key; did you mean 'poll_interval_seconds'?"
+        in found
+    )
+    assert any(p.startswith("sources.1: ") and "bimlink" in p for p in found), found
+
+
+def test_environment_overrides_reach_a_list_item_and_secret_files_work_there(
+    tmp_path: Path,
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET + "\n")
+    source = "\nsources:\n  - {type: bimlink, client_id: c, refresh_token_file: /tmp/t}\n"
+    path = write(tmp_path, MINIMAL + source)
+    env = {
+        "CONNECTOR_SOURCES__0__POLL_INTERVAL_SECONDS": "42",
+        "CONNECTOR_SOURCES__0__CLIENT_SECRET_FILE": str(secret),
+    }
+    settings = load_settings(path, env)
+    assert settings.sources[0].poll_interval_seconds == 42
+    assert settings.sources[0].type == "bimlink"
+    assert settings.sources[0].client_secret is not None
+    assert settings.sources[0].client_secret.get_secret_value() == SECRET
+    assert SECRET not in repr(settings) + str(settings.summary())
+    assert problems_of(path, {"CONNECTOR_SOURCES__3__TOPIC": "x"}) == [
+        "CONNECTOR_SOURCES__3__TOPIC: '3' is not an index of that list"
+    ]

@@ -1,0 +1,238 @@
+"""The state of one emulated Building X tenant: options, machine users, Auth0 tokens, stores.
+
+Owns `BuildingXOptions` (validated once), the machine users (the built-in demo one or a
+`--clients` file), the Auth0 client-credentials grant with its errors, the opaque bearer
+tokens, and `BuildingXState` (reachable as `app[STATE_KEY]`), which ties them to the stores of
+`buildingx_model`, the request budget and the fault injector shared with the BuildingMinds
+emulator.
+
+Must not: know about HTTP (a refused grant is a `GrantError` the caller renders), read the
+clock other than through `BuildingXState.clock`, or show a client secret in a repr.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import yaml
+from aiohttp import web
+
+from connector.emulators.buildingminds_auth import RateLimiter
+from connector.emulators.buildingminds_faults import FaultInjector, FaultSettings
+from connector.emulators.buildingminds_state import REQUEST_LOG_SIZE, LogEntry
+from connector.emulators.buildingx_model import PointValues, Structure
+from connector.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+
+__all__ = [
+    "AUDIENCE",
+    "DEMO_PARTITION",
+    "DEMO_USER",
+    "STATE_KEY",
+    "BuildingXOptions",
+    "BuildingXState",
+    "GrantError",
+    "MachineUser",
+    "load_users",
+]
+
+AUDIENCE: Final = "https://horizon.siemens.com"
+DEMO_PARTITION: Final = "demo-partition"
+
+
+@dataclass(frozen=True, slots=True)
+class MachineUser:
+    """A Building X machine user: credentials and the partitions it may use."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    partitions: frozenset[str]
+
+
+DEMO_USER = MachineUser(
+    "demo-client",
+    "demo-secret",  # the documented demo credential of a local emulator, not a real secret
+    frozenset({DEMO_PARTITION}),
+)
+
+
+def load_users(path: Path) -> list[MachineUser]:
+    """A YAML/JSON list of `client_id`, `client_secret`, `partitions`; ConfigError lists every
+    problem."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError([f"{path}: cannot read the clients file ({exc})"]) from exc
+    if isinstance(data, dict) and "clients" in data:
+        data = data["clients"]
+    if not isinstance(data, list) or not data:
+        raise ConfigError([f"{path}: expected a non-empty list of machine users"])
+    problems: list[str] = []
+    users: list[MachineUser] = []
+    for index, item in enumerate(data):
+        where = f"{path}: clients[{index}]"
+        if not isinstance(item, dict):
+            problems.append(f"{where}: must be a mapping with client_id, client_secret, partitions")
+            continue
+        texts = [item.get("client_id"), item.get("client_secret")]
+        partitions = item.get("partitions")
+        if not all(isinstance(t, str) and t for t in texts):
+            problems.append(f"{where}: client_id and client_secret must be non-empty strings")
+        elif not isinstance(partitions, list) or not all(isinstance(p, str) for p in partitions):
+            problems.append(f"{where}.partitions: must be a list of partition ids")
+        else:
+            users.append(MachineUser(str(texts[0]), str(texts[1]), frozenset(partitions)))
+    if problems:
+        raise ConfigError(problems)
+    return users
+
+
+@dataclass(frozen=True)
+class BuildingXOptions:
+    """Everything that shapes one emulator instance. Raises ValueError on nonsense values."""
+
+    rate_limit_requests: int = 10  # per client and API, as the developer guide says
+    rate_limit_seconds: float = 1.0
+    token_lifetime_seconds: int = 86400
+    audience: str = AUDIENCE
+    fault_profile: str = "none"
+    fault_rate: float | None = None
+    seed: int = 0
+    users: Sequence[MachineUser] = (DEMO_USER,)
+    known_points: frozenset[str] | None = None  # None: every point id exists
+    max_body_bytes: int = 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.rate_limit_requests <= 0 or self.rate_limit_seconds <= 0:
+            raise ValueError("the rate limit needs positive requests and seconds")
+        if self.token_lifetime_seconds <= 0 or not self.users or self.max_body_bytes <= 0:
+            raise ValueError("need a positive token lifetime and body limit, and a machine user")
+        object.__setattr__(self, "users", tuple(self.users))
+        self.fault_settings()  # validates profile and rate
+
+    def fault_settings(self) -> FaultSettings:
+        return FaultSettings(profile=self.fault_profile, rate=self.fault_rate)
+
+
+@dataclass(frozen=True, slots=True)
+class GrantError:
+    """A refused token request, as Auth0 answers it."""
+
+    status: int
+    error: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    user: MachineUser
+    expires_at: float
+    serial: int  # issue order, for the revoked-tokens fault
+
+
+class TokenIssuer:
+    """Auth0's client-credentials grant for the machine users, and bearer-token lookup."""
+
+    def __init__(self, users: Iterable[MachineUser], *, audience: str, lifetime: int) -> None:
+        self.users = {u.client_id: u for u in users}
+        self.audience = audience
+        self.lifetime = lifetime
+        self._tokens: dict[str, Token] = {}
+        self.next_serial = 0
+
+    def grant(self, body: Mapping[str, Any], now: float) -> tuple[str, Token] | GrantError:
+        """Check a client-credentials request in Auth0's order; the new token or the problem."""
+        refused = self._refusal(body)
+        if refused is not None:
+            return refused
+        expired = [t for t, info in self._tokens.items() if now >= info.expires_at]
+        for value in expired:
+            del self._tokens[value]
+        value = secrets.token_urlsafe(32)
+        token = Token(self.users[body["client_id"]], now + self.lifetime, self.next_serial)
+        self.next_serial += 1
+        self._tokens[value] = token
+        return value, token
+
+    def _refusal(self, body: Mapping[str, Any]) -> GrantError | None:  # noqa: PLR0911 - one per rule
+        for name in ("grant_type", "client_id"):
+            if not isinstance(body.get(name), str) or not body[name]:
+                return GrantError(400, "invalid_request", f"Missing required parameter: {name}")
+        if body["grant_type"] != "client_credentials":
+            return GrantError(
+                403, "unauthorized_client",
+                f"Grant type '{body['grant_type']}' not allowed for the client.",
+            )  # fmt: skip
+        user = self.users.get(body["client_id"])
+        if user is None:
+            return GrantError(401, "invalid_client", "Client authentication failed")
+        secret = body.get("client_secret")
+        if not isinstance(secret, str) or not hmac.compare_digest(
+            secret.encode(), user.client_secret.encode()
+        ):
+            return GrantError(401, "access_denied", "Unauthorized")
+        audience = body.get("audience")
+        if not isinstance(audience, str) or not audience:
+            return GrantError(400, "invalid_request", "Missing required parameter: audience")
+        if audience != self.audience:
+            return GrantError(403, "access_denied", f"Service not found: {audience}")
+        return None
+
+    def resolve(self, authorization: str | None, now: float) -> Token | str:
+        """The token behind `Authorization: Bearer …`, or why it is refused."""
+        scheme, _, value = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return "A bearer token is required."
+        token = self._tokens.get(value.strip())
+        if token is None:
+            return "The access token is not valid."
+        if now >= token.expires_at:
+            return "The access token has expired."
+        return token
+
+
+class BuildingXState:
+    """The emulated tenant: reachable as `app[STATE_KEY]`.
+
+    The structure and ingest APIs share one `RateLimiter`, keyed by "client API", so each
+    client has a window per API.
+    """
+
+    def __init__(self, options: BuildingXOptions, clock: Callable[[], float]) -> None:
+        self.options, self.clock = options, clock
+        # wall-clock seconds at clock() == 0, so that fake clocks give plausible timestamps
+        self._epoch = time.time() - clock()
+        self.structure, self.values = Structure(), PointValues()
+        self.tokens = TokenIssuer(
+            options.users, audience=options.audience, lifetime=options.token_lifetime_seconds
+        )
+        self.limiter = RateLimiter(options.rate_limit_requests, options.rate_limit_seconds)
+        self.faults = FaultInjector(options.fault_settings(), seed=options.seed, now=clock())
+        self.requests: deque[LogEntry] = deque(maxlen=REQUEST_LOG_SIZE)
+
+    def iso(self, at: float) -> str:
+        moment = datetime.fromtimestamp(self._epoch + at, tz=UTC)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def set_faults(self, settings: FaultSettings) -> None:
+        self.faults.configure(settings, now=self.clock(), token_serial=self.tokens.next_serial)
+
+    def reset(self) -> None:
+        """Forget data, the request log and rate windows; back to the configured faults."""
+        self.structure = Structure()
+        self.values = PointValues()
+        self.limiter.reset()
+        self.requests.clear()
+        self.set_faults(self.options.fault_settings())
+
+
+STATE_KEY: Final = web.AppKey("buildingx_emulator", BuildingXState)
