@@ -1,0 +1,659 @@
+"""An emulator of the Bimplus API v2, its Keycloak-style OIDC server and its legacy login.
+
+Owns the HTTP surface of one emulated Bimplus installation, behaving as the public
+documentation describes it (`seeds/004_*`, `reference/building-apis.md` §4) and, where that is
+silent, as documented in docs/bimplus.md ("inferred"), plus the admin API and the command
+line. Data, credentials and tokens live in `bimplus_state`; the fault profiles, the rolling
+rate window and the request log are the BuildingMinds emulator's (`buildingminds_faults`,
+`buildingminds_auth.RateLimiter`, `buildingminds_state.LogEntry`), and so are the fault
+responses and admin views (`common`), so the emulators cannot drift apart.
+
+Must not: reach the network beyond its own socket, read the wall clock for decisions (time
+comes from the injected `clock`), or start tasks of its own.
+
+URLs
+    GET  /v2/.well-known/openid-configuration          OIDC discovery (also under the realm)
+    POST /realms/bimplus/protocol/openid-connect/token  client_credentials | password (form)
+    GET  /realms/bimplus/protocol/openid-connect/certs  {"keys": []} (HS256, not published)
+    POST /v2/authorize                                  legacy login (JSON) -> BimPlus token
+    GET  /v2/teams | /v2/teams/{slug}                   the user's teams
+    GET  /v2/{team}/projects | /v2/{team}/projects/{id}
+    GET  /v2/{team}/projects/{id}/topology              the topology tree, nested
+    GET  /v2/{team}/objects/{id}                        one node: parent, type, attributes,
+                                                        children (one level)
+    GET  /_emulator/health | requests[?limit=] | faults | data
+    POST /_emulator/faults {"profile": ...} | reset | teams {slug, name, member}
+    POST /_emulator/projects {team, name, shortDescr, address, id}
+    PATCH|DELETE /_emulator/projects/{id}               PATCH {name, shortDescr, address}
+    POST /_emulator/projects/{id}/touch                 bump `changed` only
+    POST /_emulator/projects/{id}/nodes {parent, type, name, id, attributes, bump}
+    PATCH|DELETE /_emulator/projects/{id}/nodes/{node}  PATCH {name, type, attributes, bump}
+
+Responses
+    token 200   {"access_token": "<JWT>", "expires_in", "refresh_expires_in": 0,
+                 "token_type": "Bearer", "not-before-policy": 0, "scope"}
+    token 4xx   Keycloak's {"error", "error_description"}: 400 invalid_request,
+                 unauthorized_client, unsupported_grant_type; 401 invalid_client,
+                 invalid_grant; outage 503 temporarily_unavailable
+    authorize   200 {"access_token", "expires_in", "client_id", "token_type": "BimPlus"};
+                 400 invalid_request (a mandatory field missing), invalid_client (unknown
+                 application_id); 401 invalid_grant (user or password) (inferred shapes)
+    API errors  {"code": N, "message": "..."} (inferred): 401 (no, unknown, expired token or
+                 the wrong scheme), 403 (a team the user is not a member of), 404 (unknown
+                 team, project or object), 429 with Retry-After (the inferred rate limit)
+
+Order of checks for an API request: fault profile, token (401), rate budget (429, per user or
+client), route and team (404/403). Discovery, token and authorize requests see only the
+`token-outage` profile (all three answer 503), and are not rate limited.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import orjson
+from aiohttp import web
+
+from connector.emulators.bimplus_state import (
+    BIMPLUS_KEY,
+    DEMO_APPLICATION_ID,
+    DEMO_CLIENT_ID,
+    DEMO_CLIENT_SECRET,
+    DEMO_PASSWORD,
+    DEMO_TEAM,
+    DEMO_USER,
+    REALM,
+    AuthProblem,
+    BimplusOptions,
+    BimplusState,
+    Issued,
+    Project,
+    Team,
+)
+from connector.emulators.buildingminds_auth import basic_credentials
+from connector.emulators.buildingminds_state import REQUEST_LOG_SIZE, LogEntry
+from connector.emulators.common import (
+    inject,
+    json_response,
+    parse_faults,
+    request_log,
+    retry_after,
+    serve,
+)
+from connector.errors import ConfigError
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Mapping
+
+    from aiohttp.typedefs import Handler
+
+__all__ = [
+    "ADMIN_PREFIX",
+    "API_PREFIX",
+    "BIMPLUS_KEY",
+    "BimplusOptions",
+    "BimplusState",
+    "add_cli_arguments",
+    "create_app",
+    "options_from_args",
+    "run_from_args",
+]
+
+API_PREFIX: Final = "/v2"
+ADMIN_PREFIX: Final = "/_emulator"
+REALM_PREFIX: Final = f"/realms/{REALM}"
+OIDC_PREFIX: Final = f"{REALM_PREFIX}/protocol/openid-connect"
+DISCOVERY_PATH: Final = f"{API_PREFIX}/.well-known/openid-configuration"
+AUTHORIZE_PATH: Final = f"{API_PREFIX}/authorize"
+
+_ENTRY: Final = web.RequestKey("bimplus_log_entry", LogEntry)
+_ISSUED: Final = web.RequestKey("bimplus_issued", Issued)
+
+
+_json = json_response
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return _json({"code": status, "message": message}, status, headers)
+
+
+def _oauth_error(problem: AuthProblem) -> web.Response:
+    return _json({"error": problem.error, "error_description": problem.description}, problem.status)
+
+
+_OUTAGE = AuthProblem("temporarily_unavailable", "The authorization server is unavailable", 503)
+
+
+async def _answer(handler: Handler, request: web.Request) -> web.StreamResponse:
+    """Run the handler; aiohttp's own 404 and 405 become the JSON error body."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        return _error(exc.status, exc.reason)
+
+
+def _is_auth(path: str) -> bool:
+    return path in (DISCOVERY_PATH, AUTHORIZE_PATH) or path.startswith("/realms/")
+
+
+# -- the front door: faults, tokens, budget, request log -----------------------------------
+
+
+@web.middleware
+async def _front_door(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.app[BIMPLUS_KEY]
+    path = request.path
+    if path.startswith(ADMIN_PREFIX + "/"):
+        return await _answer(handler, request)
+    entry = LogEntry(state.clock(), request.method, path)
+    request[_ENTRY] = entry
+    state.requests.append(entry)
+    if _is_auth(path):
+        if state.faults.token_outage(state.clock()):
+            entry.fault = "token-outage"
+            response: web.StreamResponse = _oauth_error(_OUTAGE)
+        else:
+            response = await _answer(handler, request)
+    elif path.startswith(API_PREFIX + "/"):
+        response = await _api_gate(request, handler, state, entry)
+    else:
+        response = await _answer(handler, request)
+    if entry.fault != "reset":  # a dropped connection has no status
+        entry.status = response.status
+    return response
+
+
+async def _api_gate(
+    request: web.Request, handler: Handler, state: BimplusState, entry: LogEntry
+) -> web.StreamResponse:
+    fault = state.faults.api_fault(state.clock())
+    if fault is not None:
+        entry.fault = fault.kind
+        injected = await inject(fault, request, _error)
+        if injected is not None:
+            return injected
+    now = state.clock()
+    issued = state.resolve(request.headers.get("Authorization"), now)
+    if not isinstance(issued, Issued):
+        challenge = 'Bearer realm="bimplus", BimPlus realm="bimplus"'
+        return _error(401, issued, {"WWW-Authenticate": challenge})
+    entry.client_id = issued.subject
+    request[_ISSUED] = issued
+    wait = state.limiter.admit(issued.key, now)
+    if wait is not None:
+        return _error(
+            429,
+            f"Too many requests: {state.options.rate_limit_requests} per "
+            f"{state.options.rate_limit_seconds:g} s. Try again in {math.ceil(wait)} s.",
+            retry_after(wait),
+        )
+    return await _answer(handler, request)
+
+
+# -- OIDC and the legacy login --------------------------------------------------------------
+
+
+def _origin(request: web.Request) -> str:
+    return str(request.url.origin())
+
+
+async def _discovery(request: web.Request) -> web.StreamResponse:
+    issuer = _origin(request) + REALM_PREFIX
+    oidc = _origin(request) + OIDC_PREFIX
+    return _json(
+        {
+            "issuer": issuer,
+            "authorization_endpoint": f"{oidc}/auth",
+            "token_endpoint": f"{oidc}/token",
+            "userinfo_endpoint": f"{oidc}/userinfo",
+            "end_session_endpoint": f"{oidc}/logout",
+            "jwks_uri": f"{oidc}/certs",
+            "grant_types_supported": ["authorization_code", "client_credentials", "password"],
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["HS256"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "scopes_supported": ["openid", "profile", "email"],
+        }
+    )
+
+
+async def _certs(request: web.Request) -> web.StreamResponse:
+    del request
+    return _json({"keys": []})
+
+
+async def _browser_login(request: web.Request) -> web.StreamResponse:
+    del request
+    return _oauth_error(
+        AuthProblem("invalid_request", "The emulator has no browser login; use the token endpoint")
+    )
+
+
+async def _token(request: web.Request) -> web.StreamResponse:
+    state = request.app[BIMPLUS_KEY]
+    posted = await request.post()
+    form = {k: v for k, v in posted.items() if isinstance(v, str)}
+    basic = basic_credentials(request.headers.get("Authorization"))
+    request[_ENTRY].client_id = basic[0] if basic else form.get("client_id")
+    granted = state.oidc_grant(form, basic, state.clock(), issuer=_origin(request) + REALM_PREFIX)
+    if isinstance(granted, AuthProblem):
+        return _oauth_error(granted)
+    token, _, scope = granted
+    return _json(
+        {
+            "access_token": token,
+            "expires_in": state.options.token_lifetime_seconds,
+            "refresh_expires_in": 0,
+            "token_type": "Bearer",
+            "not-before-policy": 0,
+            "scope": scope,
+        }
+    )
+
+
+async def _authorize(request: web.Request) -> web.StreamResponse:
+    state = request.app[BIMPLUS_KEY]
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        return _oauth_error(AuthProblem("invalid_request", "The body must be a JSON object"))
+    if isinstance(body.get("user_id"), str):
+        request[_ENTRY].client_id = body["user_id"]
+    granted = state.legacy_authorize(body, state.clock())
+    if isinstance(granted, AuthProblem):
+        return _oauth_error(granted)
+    token, issued, lifetime = granted
+    return _json(
+        {
+            "access_token": token,
+            "expires_in": lifetime,
+            "client_id": issued.client_id,
+            "token_type": "BimPlus",
+        }
+    )
+
+
+# -- the API ------------------------------------------------------------------------------
+
+
+def _team(request: web.Request) -> Team | web.Response:
+    state = request.app[BIMPLUS_KEY]
+    slug = request.match_info["team"]
+    team = state.teams.get(slug)
+    if team is None:
+        return _error(404, f"Team '{slug}' not found")
+    if not team.member:
+        return _error(403, f"The user is not a member of team '{slug}'")
+    return team
+
+
+def _project(request: web.Request) -> Project | web.Response:
+    team = _team(request)
+    if isinstance(team, web.Response):
+        return team
+    project = request.app[BIMPLUS_KEY].projects.get(request.match_info["project"])
+    if project is None or project.team != team.slug:
+        return _error(404, f"Project '{request.match_info['project']}' not found")
+    return project
+
+
+async def _teams(request: web.Request) -> web.StreamResponse:
+    state = request.app[BIMPLUS_KEY]
+    return _json([t.to_json() for t in state.teams.values() if t.member])
+
+
+async def _one_team(request: web.Request) -> web.StreamResponse:
+    team = _team(request)
+    return team if isinstance(team, web.Response) else _json(team.to_json())
+
+
+async def _projects(request: web.Request) -> web.StreamResponse:
+    state = request.app[BIMPLUS_KEY]
+    team = _team(request)
+    if isinstance(team, web.Response):
+        return team
+    return _json([state.project_json(p) for p in state.team_projects(team.slug)])
+
+
+async def _one_project(request: web.Request) -> web.StreamResponse:
+    project = _project(request)
+    if isinstance(project, web.Response):
+        return project
+    return _json(request.app[BIMPLUS_KEY].project_json(project))
+
+
+async def _topology(request: web.Request) -> web.StreamResponse:
+    project = _project(request)
+    return project if isinstance(project, web.Response) else _json(project.tree())
+
+
+async def _object(request: web.Request) -> web.StreamResponse:
+    state = request.app[BIMPLUS_KEY]
+    team = _team(request)
+    if isinstance(team, web.Response):
+        return team
+    object_id = request.match_info["object"]
+    for project in state.team_projects(team.slug):
+        node = project.nodes.get(object_id)
+        if node is not None:
+            children = [project.nodes[c] for c in node.children]
+            return _json(
+                {
+                    "id": node.id, "name": node.name, "type": node.type, "parent": node.parent,
+                    "attributes": node.attributes,
+                    "children": [{"id": c.id, "name": c.name, "type": c.type} for c in children],
+                }
+            )  # fmt: skip
+    return _error(404, f"Object '{object_id}' not found")
+
+
+# -- admin API ------------------------------------------------------------------------------
+
+
+class _BadRequest(Exception):
+    pass
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        data = orjson.loads(await request.read() or b"{}")
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        raise _BadRequest("the body must be a JSON object")
+    return data
+
+
+def _text(data: dict[str, Any], name: str, *, required: bool = False) -> str | None:
+    value = data.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _BadRequest(f"{name} must be a non-empty string")
+    return value
+
+
+def _admin(handler: Callable[[web.Request, BimplusState], Any]) -> Handler:
+    """An admin handler: its `_BadRequest` becomes 400, a missing project or node 404."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        state = request.app[BIMPLUS_KEY]
+        try:
+            result = await handler(request, state)
+        except _BadRequest as exc:
+            return _json({"error": str(exc)}, 400)
+        except KeyError as exc:
+            return _json({"error": f"not found: {exc.args[0]}"}, 404)
+        return result if isinstance(result, web.StreamResponse) else _json(result)
+
+    return wrapped
+
+
+async def _admin_health(request: web.Request, state: BimplusState) -> Any:
+    del request
+    now = state.clock()
+    return {
+        "status": "ok", "time": state.iso(now), "fault_profile": state.faults.active(now).profile,
+        "teams": len(state.teams), "projects": len(state.projects),
+    }  # fmt: skip
+
+
+async def _admin_requests(request: web.Request, state: BimplusState) -> Any:
+    found = request_log(
+        state.requests, state.iso, request.query.get("limit", str(REQUEST_LOG_SIZE))
+    )
+    if isinstance(found, str):
+        raise _BadRequest(found)
+    return found
+
+
+async def _admin_get_faults(request: web.Request, state: BimplusState) -> Any:
+    del request
+    return state.faults.active(state.clock()).to_json()
+
+
+async def _admin_set_faults(request: web.Request, state: BimplusState) -> Any:
+    settings = parse_faults(await request.read())
+    if isinstance(settings, str):
+        raise _BadRequest(settings)
+    state.set_faults(settings)
+    return settings.to_json()
+
+
+async def _admin_reset(request: web.Request, state: BimplusState) -> Any:
+    del request
+    state.reset()
+    return {"status": "reset"}
+
+
+async def _admin_data(request: web.Request, state: BimplusState) -> Any:
+    del request
+    return {
+        "teams": [{**t.to_json(), "member": t.member} for t in state.teams.values()],
+        "projects": [
+            {**state.project_json(p), "topology": p.tree(),
+             "nodes": {n.id: n.attributes for n in p.nodes.values()}}
+            for p in state.projects.values()
+        ],
+    }  # fmt: skip
+
+
+async def _admin_add_team(request: web.Request, state: BimplusState) -> Any:
+    data = await _body(request)
+    slug = _text(data, "slug", required=True)
+    assert slug is not None  # noqa: S101 - required above
+    member = data.get("member", True)
+    if not isinstance(member, bool):
+        raise _BadRequest("member must be true or false")
+    team = Team(state.new_id(), slug, _text(data, "name") or slug, member=member)
+    state.teams[slug] = team
+    return {**team.to_json(), "member": team.member}
+
+
+async def _admin_add_project(request: web.Request, state: BimplusState) -> Any:
+    data = await _body(request)
+    team = _text(data, "team") or DEMO_TEAM
+    if team not in state.teams:
+        raise _BadRequest(f"unknown team {team!r}")
+    project = state.add_project(
+        team, _text(data, "name", required=True) or "", short_descr=_text(data, "shortDescr"),
+        address=_text(data, "address"), project_id=_text(data, "id"),
+    )  # fmt: skip
+    return state.project_json(project)
+
+
+async def _admin_change_project(request: web.Request, state: BimplusState) -> Any:
+    project = state.projects[request.match_info["project"]]
+    if request.method == "DELETE":
+        del state.projects[project.id]
+        return {"deleted": project.id}
+    data = await _body(request)
+    if "name" in data:
+        project.name = _text(data, "name", required=True) or project.name
+        project.nodes[project.id].name = project.name
+    if "shortDescr" in data:
+        project.short_descr = _text(data, "shortDescr")
+    if "address" in data:
+        project.address = _text(data, "address")
+    state.bump(project)
+    return state.project_json(project)
+
+
+async def _admin_touch(request: web.Request, state: BimplusState) -> Any:
+    project = state.projects[request.match_info["project"]]
+    state.bump(project)
+    return state.project_json(project)
+
+
+def _bump(state: BimplusState, project: Project, data: dict[str, Any]) -> None:
+    bump = data.get("bump", True)
+    if not isinstance(bump, bool):
+        raise _BadRequest("bump must be true or false")
+    if bump:
+        state.bump(project)
+
+
+def _attributes(data: dict[str, Any]) -> dict[str, Any] | None:
+    attributes = data.get("attributes")
+    if attributes is not None and not isinstance(attributes, dict):
+        raise _BadRequest("attributes must be a JSON object")
+    return attributes
+
+
+async def _admin_add_node(request: web.Request, state: BimplusState) -> Any:
+    project = state.projects[request.match_info["project"]]
+    data = await _body(request)
+    parent = _text(data, "parent") or project.id
+    if parent not in project.nodes:
+        raise _BadRequest(f"unknown parent node {parent!r}")
+    node = state.add_node(
+        project, parent, _text(data, "type", required=True) or "",
+        _text(data, "name", required=True) or "", node_id=_text(data, "id"),
+        attributes=_attributes(data),
+    )  # fmt: skip
+    _bump(state, project, data)
+    return {"id": node.id, "project": state.project_json(project)}
+
+
+async def _admin_change_node(request: web.Request, state: BimplusState) -> Any:
+    project = state.projects[request.match_info["project"]]
+    node = project.nodes[request.match_info["node"]]
+    data = await _body(request)
+    if request.method == "DELETE":
+        if node.parent is None:
+            raise _BadRequest("the root node goes with its project")
+        removed = project.remove(node.id)
+        _bump(state, project, data)
+        return {"removed": removed, "project": state.project_json(project)}
+    node.name = _text(data, "name") or node.name
+    node.type = _text(data, "type") or node.type
+    attributes = _attributes(data)
+    if attributes is not None:
+        node.attributes = attributes
+    _bump(state, project, data)
+    return {"id": node.id, "project": state.project_json(project)}
+
+
+# -- the application --------------------------------------------------------------------------
+
+
+def create_app(
+    options: BimplusOptions | None = None, *, clock: Callable[[], float] = time.monotonic
+) -> web.Application:
+    """The emulator as an aiohttp application; its state is `app[BIMPLUS_KEY]`.
+
+    `clock` (seconds, monotonic) drives token expiry, rate windows, `created`/`changed` and
+    fault durations, so tests move time instead of sleeping.
+    """
+    options = options or BimplusOptions()
+    app = web.Application(middlewares=[_front_door])
+    app[BIMPLUS_KEY] = BimplusState(options, clock)
+    router = app.router
+    router.add_get(DISCOVERY_PATH, _discovery)
+    router.add_get(f"{REALM_PREFIX}/.well-known/openid-configuration", _discovery)
+    router.add_post(f"{OIDC_PREFIX}/token", _token)
+    router.add_get(f"{OIDC_PREFIX}/certs", _certs)
+    router.add_get(f"{OIDC_PREFIX}/auth", _browser_login)
+    router.add_post(AUTHORIZE_PATH, _authorize)
+    router.add_get(f"{API_PREFIX}/teams", _teams)
+    router.add_get(API_PREFIX + "/teams/{team}", _one_team)
+    router.add_get(API_PREFIX + "/{team}/projects", _projects)
+    router.add_get(API_PREFIX + "/{team}/projects/{project}", _one_project)
+    router.add_get(API_PREFIX + "/{team}/projects/{project}/topology", _topology)
+    router.add_get(API_PREFIX + "/{team}/objects/{object}", _object)
+    admin = ADMIN_PREFIX
+    router.add_get(f"{admin}/health", _admin(_admin_health))
+    router.add_get(f"{admin}/requests", _admin(_admin_requests))
+    router.add_get(f"{admin}/faults", _admin(_admin_get_faults))
+    router.add_post(f"{admin}/faults", _admin(_admin_set_faults))
+    router.add_post(f"{admin}/reset", _admin(_admin_reset))
+    router.add_get(f"{admin}/data", _admin(_admin_data))
+    router.add_post(f"{admin}/teams", _admin(_admin_add_team))
+    router.add_post(f"{admin}/projects", _admin(_admin_add_project))
+    project = admin + "/projects/{project}"
+    router.add_patch(project, _admin(_admin_change_project))
+    router.add_delete(project, _admin(_admin_change_project))
+    router.add_post(f"{project}/touch", _admin(_admin_touch))
+    router.add_post(f"{project}/nodes", _admin(_admin_add_node))
+    router.add_patch(project + "/nodes/{node}", _admin(_admin_change_node))
+    router.add_delete(project + "/nodes/{node}", _admin(_admin_change_node))
+    return app
+
+
+# -- command line -----------------------------------------------------------------------------
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options only `emulate bimplus` has. It shares --rate-limit (default here: 100/60),
+    --token-lifetime (default here: 300, Keycloak's), --fault-profile, --fault-rate and --seed
+    with `emulate buildingminds`."""
+    defaults = BimplusOptions()
+    group = parser.add_argument_group("bimplus")
+    group.add_argument(
+        "--projects",
+        type=int,
+        default=defaults.projects,
+        metavar="N",
+        help="demo projects in the demo team (bimplus; default: 2)",
+    )
+    group.add_argument(
+        "--legacy-lifetime",
+        type=int,
+        default=defaults.legacy_lifetime_seconds,
+        metavar="SECONDS",
+        help="lifetime of tokens from POST /v2/authorize (bimplus; default: 7200)",
+    )
+
+
+def options_from_args(args: argparse.Namespace) -> BimplusOptions:
+    """BimplusOptions from parsed arguments (shared ones None when not given); ConfigError
+    says what is wrong."""
+    defaults = BimplusOptions()
+    requests, seconds = args.rate_limit or (
+        defaults.rate_limit_requests,
+        defaults.rate_limit_seconds,
+    )
+    lifetime = args.token_lifetime or defaults.token_lifetime_seconds
+    try:
+        return BimplusOptions(
+            rate_limit_requests=requests,
+            rate_limit_seconds=seconds,
+            token_lifetime_seconds=lifetime,
+            legacy_lifetime_seconds=args.legacy_lifetime,
+            projects=args.projects,
+            fault_profile=args.fault_profile,
+            fault_rate=args.fault_rate,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from exc
+
+
+def _announcement(host: str, port: int) -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - compared only
+    root = f"http://{shown}:{port}"
+    return (
+        f"Bimplus emulator listening on {host}:{port} | base URL {root}{API_PREFIX} | "
+        f"discovery {root}{DISCOVERY_PATH} | team {DEMO_TEAM} | OIDC client_id="
+        f"{DEMO_CLIENT_ID} client_secret={DEMO_CLIENT_SECRET} | legacy user {DEMO_USER} "
+        f"password {DEMO_PASSWORD} application_id {DEMO_APPLICATION_ID}"
+    )
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Serve on args.host:args.port until SIGINT/SIGTERM; the exit code (2: bad options)."""
+    try:
+        options = options_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)  # noqa: T201 - a command-line front end
+        return 2
+    anyio.run(serve, create_app(options), args.host, args.port, _announcement)
+    return 0
