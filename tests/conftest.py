@@ -7,8 +7,14 @@ Central jars, else Docker). It starts once per session, lazily: unit tests never
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 pytest_plugins = ["tests.kafka_fixtures"]
+
+# Property tests check behaviour, not speed: on a busy 2-core machine hypothesis' timing
+# checks (slow input generation, per-example deadlines) fail tests that are right.
+settings.register_profile("connector", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("connector")
 
 
 @pytest.fixture
