@@ -64,10 +64,17 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from connector.config import RateLimitSettings, Settings
+    from connector.config import RateLimitSettings, Settings, SourceSettings
     from connector.sinks.base import Sink, SubmitResult
 
-__all__ = ["Pipeline", "build_sink", "client_session", "kafka_options", "run_connector"]
+__all__ = [
+    "Pipeline",
+    "build_sink",
+    "client_session",
+    "kafka_options",
+    "run_connector",
+    "source_session",
+]
 
 log = get_logger(__name__)
 
@@ -678,6 +685,13 @@ def client_session(settings: Settings) -> aiohttp.ClientSession:
     )
 
 
+def source_session(source: SourceSettings) -> aiohttp.ClientSession:
+    """One source's plain session (its TLS and timeout); its token is added per request."""
+    return http_session(
+        verify=source.tls_verify, ca_file=source.ca_file, timeout=source.request_timeout_seconds
+    )
+
+
 def http_session(*, verify: bool, ca_file: Path | None, timeout: float) -> aiohttp.ClientSession:
     """A session that verifies certificates (against `ca_file` when given) unless told not to."""
     context: ssl.SSLContext | bool = True
@@ -799,13 +813,7 @@ async def _pollers(
     Each source gets its own HTTP session, closed by `stack`."""
     pollers = []
     for source in settings.sources:
-        session = await stack.enter_async_context(
-            http_session(
-                verify=source.tls_verify,
-                ca_file=source.ca_file,
-                timeout=source.request_timeout_seconds,
-            )
-        )
+        session = await stack.enter_async_context(source_session(source))
         store = SnapshotStore(producer, source.snapshot_topic, kafka_options(settings))
         await store.ensure_topic()
         pollers.append(

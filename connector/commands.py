@@ -1,10 +1,12 @@
 """The I/O of the one-shot commands: `check` and `produce-sample`.
 
-`check` proves a configuration end to end without sending data: a token from the token
-endpoint, then the read-only `GET /batch`. Each failure prints what to fix.
+`check` proves a configuration end to end without sending data: the sink's token from the
+token endpoint, then its read-only `GET /batch` (Building X: the partition's locations); then
+every configured source's `probe()` (a token and one read-only request, nothing published, no
+Kafka). Each failure prints what to fix; a failed part does not stop the others being checked.
 
-Must not: write to the platform, or print a secret (only masked summaries and the platform's
-own error text, which never contains our secret).
+Must not: write to the platform, publish to Kafka, or print a secret or a token (only masked
+summaries and the platforms' own error text, which the token requests scrub of our secrets).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from typing import TYPE_CHECKING, TextIO
 import anyio
 from aiokafka import AIOKafkaProducer
 
-from connector.app import build_sink, client_session, kafka_options
+from connector.app import build_sink, client_session, kafka_options, source_session
 from connector.errors import (
     ApiError,
     AuthError,
+    ConnectorError,
     CredentialsRejected,
     EndpointMisconfigured,
     Unauthorized,
@@ -27,6 +30,7 @@ from connector.metrics import Metrics
 from connector.samples import sample_events
 from connector.sinks.buildingminds import BuildingMindsSink
 from connector.sinks.buildingx import BuildingXSink
+from connector.sources import build_source
 from connector.tracker import FAILED
 
 if TYPE_CHECKING:
@@ -50,6 +54,38 @@ def _fix_for(exc: ApiError) -> str:
 
 
 async def run_check(settings: Settings, out: TextIO, err: TextIO) -> bool:
+    """True when the sink and every configured source passed; each is checked regardless."""
+    sink_ok = await _check_sink(settings, out, err)
+    sources_ok = await _check_sources(settings, out, err)
+    return sink_ok and sources_ok
+
+
+async def _check_sources(settings: Settings, out: TextIO, err: TextIO) -> bool:
+    """One line per source: `source NAME: ok (summary)` or `source NAME: FAILED: why and fix`.
+
+    `probe` gets a token the way a poll does (for BIMlink this rotates the refresh token and
+    stores the new one) and makes one read-only request."""
+    passed = True
+    for source_settings in settings.sources:
+        async with source_session(source_settings) as session:
+            source = build_source(source_settings, session)
+            try:
+                summary = await source.probe()
+            except ConnectorError as exc:
+                passed = False
+                print(f"source {source.name}: FAILED: {exc}", file=err)
+                if exc.retriable:
+                    print(
+                        "  fix: this may pass on a retry; if it persists, check the source's "
+                        "URLs and the network",
+                        file=err,
+                    )
+            else:
+                print(f"source {source.name}: ok ({summary})", file=out)
+    return passed
+
+
+async def _check_sink(settings: Settings, out: TextIO, err: TextIO) -> bool:
     """True when a token was obtained and GET /batch answered 200."""
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
 

@@ -110,6 +110,15 @@ class Source(Protocol):
         """
         ...
 
+    async def probe(self) -> str:
+        """For `check`: get a token and make one cheap read-only request, publishing nothing.
+
+        Returns a one-line summary of what the credential sees (e.g. "2 domain accounts
+        visible"). Raises what `snapshot` raises, each message saying what to fix. A token
+        obtained here is handled as a poll handles it (a rotated refresh token is stored).
+        """
+        ...
+
 
 def snapshot_key(source: str, entity: Entity, external_id: str) -> str:
     return _SEP.join((source, entity.endpoint, external_id))

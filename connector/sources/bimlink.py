@@ -255,11 +255,9 @@ class BimlinkSource:
         added per request. `clock`, `sleep` and `rand` drive token renewal and retries."""
         self.settings = settings
         self._session = session
+        self._token_file = RefreshTokenFile(settings.refresh_token_file)
         self.grant = RefreshTokenGrant(
-            settings.token_url,
-            settings.client_id,
-            settings.client_secret,
-            RefreshTokenFile(settings.refresh_token_file),
+            settings.token_url, settings.client_id, settings.client_secret, self._token_file
         )
         self.provider = TokenProvider(
             session, self.grant, skew_seconds=settings.token_skew_seconds, clock=clock,
@@ -282,20 +280,13 @@ class BimlinkSource:
         """Everything the user sees in the configured (or all) domain accounts.
 
         Raises `CredentialsRejected` when the refresh token is no longer valid (the message
-        says to run `connector auth bimlink` again), `EndpointMisconfigured` for a domain
-        account the user may not see or a wrong base_url/api_prefix, `RequestRejected` for
-        a page_limit above the API's maximum, or a retriable `ServerError`/`RateLimited`
-        after `max_attempts` tries of one request."""
+        says to run `building-twin-connector auth bimlink` again), `EndpointMisconfigured`
+        for a domain account the user may not see or a wrong base_url/api_prefix,
+        `RequestRejected` for a page_limit above the API's maximum, or a retriable
+        `ServerError`/`RateLimited` after `max_attempts` tries of one request."""
         accounts = list(self.settings.domain_account_ids)
         if not accounts:
-            listed = await self._list("/domainaccounts", "the domain accounts")
-            accounts = [str(a["id"]) for a in listed if isinstance(a, dict) and "id" in a]
-            if not accounts:
-                # Likely a permissions change; publishing it would delete everything.
-                raise EndpointMisconfigured(
-                    "the BIMlink user sees no domain accounts: ask the account administrator "
-                    "for access, or log in as another user (connector auth bimlink)"
-                )
+            accounts = list(await self._visible_accounts())
         items: list[Item] = []
         for account in accounts:
             base = f"/domainaccounts/{quote(account, safe='')}"
@@ -314,6 +305,45 @@ class BimlinkSource:
                     )
             items.extend(map_locations(account, locations, elements, self.settings))
         return items
+
+    async def probe(self) -> str:
+        """For `check`: a token and one read of the domain accounts, publishing nothing.
+
+        Getting the token rotates the refresh token, which is stored exactly as a poll stores
+        it; so first make sure it can be, since the old one is revoked the moment it is used.
+        Returns e.g. "2 domain accounts visible". Raises what `snapshot` raises; also
+        `CredentialsRejected` when the token file could not be replaced by this process, and
+        `EndpointMisconfigured` naming the configured `domain_account_ids` the user cannot see.
+        """
+        self._token_file.ensure_replaceable()
+        visible = await self._visible_accounts()
+        hidden = [a for a in self.settings.domain_account_ids if a not in visible]
+        if hidden:
+            seen = ", ".join(f"{name} ({id_})" for id_, name in visible.items())
+            raise EndpointMisconfigured(
+                f"domain_account_ids lists {', '.join(hidden)}, not among the domain accounts "
+                f"the BIMlink user sees ({seen}): remove them from domain_account_ids, or ask the "
+                "domain account's administrator for access",
+                status=403,
+            )
+        summary = f"{len(visible)} domain account{'s' if len(visible) != 1 else ''} visible"
+        if self.settings.domain_account_ids:
+            summary += f", the {len(self.settings.domain_account_ids)} configured among them"
+        return summary
+
+    async def _visible_accounts(self) -> dict[str, str]:
+        """ID -> name of every domain account the user sees; raises when there is none."""
+        listed = await self._list("/domainaccounts", "the domain accounts")
+        accounts = {
+            str(a["id"]): _name(a.get("name"), str(a["id"]), NAME_MAX) for a in listed if "id" in a
+        }
+        if not accounts:
+            # Likely a permissions change; publishing it would delete everything.
+            raise EndpointMisconfigured(
+                "the BIMlink user sees no domain accounts: ask the account administrator "
+                "for access, or log in as another user (building-twin-connector auth bimlink)"
+            )
+        return accounts
 
     async def _list(self, path: str, what: str) -> list[dict[str, Any]]:
         """Every object of one paged list action; raises if the total moved while paging

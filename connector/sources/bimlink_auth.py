@@ -64,8 +64,8 @@ _PRIVATE: Final = 0o600
 
 def relogin_hint(path: Path) -> str:
     return (
-        f"run `connector auth bimlink --config FILE` again to log in and store a new refresh "
-        f"token in {path}"
+        f"run `building-twin-connector auth bimlink --config FILE` again to log in and store "
+        f"a new refresh token in {path}"
     )
 
 
@@ -122,6 +122,28 @@ class RefreshTokenFile:
                 f"{self.path} holds no refresh token: {relogin_hint(self.path)}"
             )
         return token
+
+    def ensure_replaceable(self) -> None:
+        """Before a token is used only to test it (`check`): raises `CredentialsRejected` when
+        this process could not store the rotated token (the directory is not writable), or
+        would store it in a file the connector's own user may not read (another user owns
+        it). Using the token revokes it, so either would leave nothing valid on disk."""
+        try:
+            owner = self.path.stat().st_uid
+        except OSError:
+            return  # read() says what is wrong with a missing or unreadable file
+        if owner != os.geteuid():
+            raise CredentialsRejected(
+                f"{self.path} belongs to another user (uid {owner}): run the command as that "
+                "user, the one the connector runs as; BIMlink rotates the refresh token at "
+                "every use, and the new file would belong to whoever stored it"
+            )
+        if not os.access(self.path.parent, os.W_OK | os.X_OK):
+            raise CredentialsRejected(
+                f"{self.path.parent} is not writable: make it writable for the connector's "
+                "user; BIMlink rotates the refresh token at every use and the new one must be "
+                "stored there"
+            )
 
     def save(self, token: str, *, token_url: str, client_id: str) -> None:
         """Replace the file atomically (temp file, fsync, rename) with mode 0600.

@@ -454,6 +454,14 @@ class BimplusSource:
         self._team = wanted or slugs[0]
         return self._team
 
+    async def probe(self) -> str:
+        """For `check`: a token (discovery first, for OIDC) and `GET /teams`, publishing
+        nothing. Returns e.g. "team 'bimplus-demo' visible"; raises what `snapshot` raises,
+        among them `CredentialsRejected` for a refused credential or a wrong discovery URL and
+        `EndpointMisconfigured` listing the user's teams when the team is unknown or ambiguous.
+        """
+        return f"team {await self.team()!r} visible"
+
     async def snapshot(self) -> Sequence[Item]:
         """Every project's Address, Site, Buildings, Floors and Spaces; see the module doc."""
         team = await self.team()

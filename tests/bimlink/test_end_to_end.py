@@ -160,7 +160,7 @@ async def test_a_revoked_refresh_token_stops_publishing_and_says_how_to_fix_it(
 
         def told() -> bool:
             return any(
-                "run `connector auth bimlink --config FILE` again" in r.getMessage()
+                "run `building-twin-connector auth bimlink --config FILE` again" in r.getMessage()
                 and str(token_file) in r.getMessage()
                 for r in caplog.records
             )

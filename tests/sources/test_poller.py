@@ -116,6 +116,11 @@ class ListSource:
             raise self.fail
         return list(self.items)
 
+    async def probe(self) -> str:
+        if self.fail is not None:
+            raise self.fail
+        return f"{len(self.items)} items"
+
 
 def source_settings(topic: str, snapshots: str) -> BimlinkSourceSettings:
     raw: dict[str, Any] = {"type": "bimlink", "topic": topic, "snapshot_topic": snapshots}
