@@ -27,6 +27,8 @@ from connector.logs import setup_logging
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from connector.emulators.common import Emulator
+
 __all__ = ["build_parser", "main"]
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
@@ -43,6 +45,18 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
         help="YAML config file (default: $CONNECTOR_CONFIG); "
         "CONNECTOR_<SECTION>__<KEY> variables override its keys",
     )
+
+
+def _emulators() -> dict[str, Emulator]:
+    """The platforms `emulate` serves, by name, in the order `emulate --help` lists them."""
+    from connector.emulators import bimlink, bimplus, buildingminds, buildingx  # noqa: PLC0415
+
+    return {
+        "buildingminds": buildingminds,
+        "buildingx": buildingx,
+        "bimlink": bimlink,
+        "bimplus": bimplus,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,21 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_arg(check)
 
-    emulate = sub.add_parser("emulate", help="run the bundled emulator of a platform")
-    emulate.add_argument(
-        "name", choices=["buildingminds", "buildingx", "bimplus", "bimlink"], help="which platform"
+    emulate = sub.add_parser(
+        "emulate",
+        help="run the bundled emulator of a platform",
+        description="Serve an emulator of one platform until SIGINT/SIGTERM. "
+        "`emulate NAME --help` lists its flags and their defaults.",
     )
-    emulate.add_argument("--port", type=int, default=8080)
-    emulate.add_argument("--host", default="127.0.0.1")
-    from connector.emulators.buildingminds import add_cli_arguments  # noqa: PLC0415
+    platforms = emulate.add_subparsers(
+        title="platforms", dest="name", required=True, metavar="NAME"
+    )
+    from connector.emulators.common import add_emulator_arguments  # noqa: PLC0415
 
-    add_cli_arguments(emulate)
-    from connector.emulators import bimplus  # noqa: PLC0415
-
-    bimplus.add_cli_arguments(emulate)
-    from connector.emulators import bimlink  # noqa: PLC0415
-
-    bimlink.add_cli_arguments(emulate)
+    for name, emulator in _emulators().items():
+        add_emulator_arguments(
+            platforms.add_parser(
+                name, help=emulator.SUMMARY, description=f"Serve an emulator of {emulator.SUMMARY}."
+            ),
+            emulator,
+        )
 
     auth = sub.add_parser(
         "auth", help="log in once to a platform that needs a person (bimlink), store the token"
@@ -172,21 +189,7 @@ def cmd_batches(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def cmd_emulate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     del out, err
-    if args.name == "bimlink":
-        from connector.emulators import bimlink  # noqa: PLC0415
-
-        return bimlink.run_from_args(args)
-    if args.name == "bimplus":
-        from connector.emulators import bimplus  # noqa: PLC0415
-
-        return bimplus.run_from_args(args)
-    if args.name == "buildingx":
-        from connector.emulators import buildingx  # noqa: PLC0415
-
-        return buildingx.run_from_args(args)
-    from connector.emulators.buildingminds import run_from_args  # noqa: PLC0415
-
-    return run_from_args(args)
+    return _emulators()[args.name].run_from_args(args)
 
 
 def cmd_auth(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

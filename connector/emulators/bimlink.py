@@ -48,6 +48,7 @@ route (404), paging (400: limit above the action's maximum, or not a number).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -63,8 +64,7 @@ from connector.emulators.bimlink_data import DEMO_USER, DataStore, Forbidden, No
 from connector.emulators.buildingminds_auth import RateLimiter, basic_credentials
 from connector.emulators.buildingminds_faults import FaultInjector, FaultSettings
 from connector.emulators.buildingminds_state import REQUEST_LOG_SIZE, LogEntry
-from connector.emulators.common import inject, json_response, retry_after
-from connector.errors import ConfigError
+from connector.emulators.common import json_response, retry_after
 from connector.logs import get_logger
 
 if TYPE_CHECKING:
@@ -75,8 +75,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "API_PREFIX",
+    "DEFAULTS",
     "MAX_LIMITS",
+    "RATE_BUDGET",
     "STATE_KEY",
+    "SUMMARY",
     "BimlinkOptions",
     "BimlinkState",
     "add_cli_arguments",
@@ -99,7 +102,7 @@ DEFAULT_LIMIT: Final = 25
 class BimlinkOptions:
     """Everything that shapes one emulator instance. Raises ValueError on nonsense values."""
 
-    access_token_lifetime_seconds: int = 3600
+    token_lifetime_seconds: int = 3600
     refresh_token_lifetime_seconds: int = 1_296_000  # 15 days, sliding (IdentityServer's default)
     code_lifetime_seconds: int = 300
     rate_limit_requests: int = 300
@@ -113,7 +116,7 @@ class BimlinkOptions:
 
     def __post_init__(self) -> None:
         lifetimes = (
-            self.access_token_lifetime_seconds,
+            self.token_lifetime_seconds,
             self.refresh_token_lifetime_seconds,
             self.code_lifetime_seconds,
         )
@@ -151,7 +154,7 @@ class BimlinkState:
         self.data = options.data()
         self.auth = AuthServer(
             options.clients,
-            access_lifetime=options.access_token_lifetime_seconds,
+            access_lifetime=options.token_lifetime_seconds,
             refresh_lifetime=options.refresh_token_lifetime_seconds,
             code_lifetime=options.code_lifetime_seconds,
             wall=self.wall,
@@ -213,23 +216,6 @@ def _problem(status: int, message: str, headers: Mapping[str, str] | None = None
 # -- the front door: request log, faults, auth, budget -----------------------------------------
 
 
-@web.middleware
-async def _front_door(request: web.Request, handler: Handler) -> web.StreamResponse:
-    state = request.app[STATE_KEY]
-    if request.path.startswith(ADMIN_PREFIX + "/"):
-        return await _answer(handler, request)
-    entry = LogEntry(state.clock(), request.method, request.path)
-    request[_ENTRY] = entry
-    state.requests.append(entry)
-    if request.path.startswith(API_PREFIX + "/"):
-        response = await _api_gate(request, handler, state, entry)
-    else:
-        response = await _answer(handler, request)
-    if entry.fault != "reset":
-        entry.status = response.status
-    return response
-
-
 async def _answer(handler: Handler, request: web.Request) -> web.StreamResponse:
     try:
         return await handler(request)
@@ -237,32 +223,35 @@ async def _answer(handler: Handler, request: web.Request) -> web.StreamResponse:
         return _problem(exc.status, exc.reason)
 
 
-async def _api_gate(
-    request: web.Request, handler: Handler, state: BimlinkState, entry: LogEntry
-) -> web.StreamResponse:
-    now = state.clock()
-    fault = state.faults.api_fault(now)
-    if fault is not None:
-        entry.fault = fault.kind
-        injected = await inject(fault, request, _problem)
-        if injected is not None:
-            return injected
-    grant = state.auth.resolve(request.headers.get("Authorization"), now)
-    if isinstance(grant, AccessGrant) and state.faults.token_revoked(grant.serial, now):
-        grant = "the access token was revoked"
-    if not isinstance(grant, AccessGrant):
-        return _problem(401, grant, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
-    entry.client_id = grant.client_id
-    request[_GRANT] = grant
-    wait = state.limiter.admit(grant.user_id, now)
-    if wait is not None:
-        return _problem(
-            429,
-            f"Rate limit exceeded: {state.options.rate_limit_requests} requests per "
-            f"{state.options.rate_limit_seconds:g} seconds per user.",
-            retry_after(wait),
-        )
+def _caller(
+    state: BimlinkState, authorization: str | None, now: float
+) -> common.Caller[AccessGrant] | str:
+    grant = state.auth.resolve(authorization, now)
+    if isinstance(grant, str):
+        return grant
+    return common.Caller(grant, grant.client_id, budget=grant.user_id, serial=grant.serial)
+
+
+async def _api_gate(request: web.Request, handler: Handler, entry: LogEntry) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    caller = await common.admit(
+        request, state, entry, error=_problem, lookup=functools.partial(_caller, state),
+        challenge='Bearer error="invalid_token"', revoked="the access token was revoked",
+        throttled="Rate limit exceeded: {requests} requests per {seconds:g} seconds per user.",
+    )  # fmt: skip
+    if not isinstance(caller, common.Caller):
+        return caller
+    request[_GRANT] = caller.credential
     return await _answer(handler, request)
+
+
+def _gate(path: str) -> common.Gate | None:
+    return _api_gate if path.startswith(API_PREFIX + "/") else None
+
+
+_front_door = common.front_door(
+    STATE_KEY, _ENTRY, admin_prefix=ADMIN_PREFIX, answer=_answer, gate=_gate
+)
 
 
 # -- the auth server ----------------------------------------------------------------------------
@@ -482,76 +471,61 @@ def create_app(
 # -- command line -----------------------------------------------------------------------------
 
 
+# What `emulate bimlink` shows and takes (`common.Emulator`).
+SUMMARY = "the BIMlink (BIMcollab Twin) Public API and its IdentityServer-style auth server"
+RATE_BUDGET = "per user"
+DEFAULTS = BimlinkOptions()
+
+
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """The BIMlink emulator's options on `emulate bimlink` (the caller adds --host, --port)."""
-    defaults = BimlinkOptions()
-    group = parser.add_argument_group("bimlink emulator")
+    """The flags only `emulate bimlink` has (`common.add_shared_arguments` adds the rest)."""
+    defaults = DEFAULTS
+    group = parser.add_argument_group("BIMlink")
     group.add_argument(
         "--redirect-uri",
         action="append",
         default=None,
         metavar="URI",
         help="redirect URI whitelisted for the demo client (repeatable; default: "
-        "http://127.0.0.1:8765/callback)",
-    )
-    group.add_argument(
-        "--access-token-lifetime",
-        type=int,
-        default=defaults.access_token_lifetime_seconds,
-        metavar="SECONDS",
-        help="access token lifetime (default: 3600)",
+        f"{', '.join(sorted(DEMO_CLIENT.redirect_uris))})",
     )
     group.add_argument(
         "--refresh-token-lifetime",
         type=int,
         default=defaults.refresh_token_lifetime_seconds,
         metavar="SECONDS",
-        help="sliding refresh token lifetime, reset at each use (default: 1296000, 15 days)",
+        help="sliding refresh token lifetime, reset at each use "
+        f"(default: {defaults.refresh_token_lifetime_seconds}, 15 days)",
     )
     group.add_argument(
         "--login-user",
         default=defaults.user,
         metavar="USER",
-        help="the user the login page approves at once (default: demo-user; other-user sees "
-        "another domain account)",
-    )
-    group.add_argument(
-        "--requests-per-minute",
-        type=int,
-        default=defaults.rate_limit_requests,
-        metavar="N",
-        help="API requests per user per rolling 60 s; more are answered 429 (default: 300)",
+        help=f"the user the login page approves at once (default: {defaults.user}; "
+        "other-user sees another domain account)",
     )
 
 
 def options_from_args(args: argparse.Namespace) -> BimlinkOptions:
-    """BimlinkOptions from parsed arguments (shared ones come from `emulate`'s common flags);
-    ConfigError lists what is wrong."""
+    """BimlinkOptions from parsed arguments; ConfigError lists what is wrong."""
     client = DEMO_CLIENT
     if args.redirect_uri:
         client = OAuthClient(DEMO_CLIENT.client_id, DEMO_CLIENT.client_secret,
                              frozenset(args.redirect_uri))  # fmt: skip
-    try:
+    with common.bad_options():
         return BimlinkOptions(
-            access_token_lifetime_seconds=args.access_token_lifetime,
+            **common.shared_options(args),
             refresh_token_lifetime_seconds=args.refresh_token_lifetime,
-            rate_limit_requests=args.requests_per_minute,
-            fault_profile=args.fault_profile,
-            fault_rate=args.fault_rate,
-            seed=args.seed,
             clients=(client,),
             user=args.login_user,
         )
-    except ValueError as exc:
-        raise ConfigError([str(exc)]) from exc
 
 
 def _announcement(options: BimlinkOptions, host: str, port: int) -> str:
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - compared only
     client = options.clients[0]
     return (
         f"BIMlink emulator listening on {host}:{port} | base_url and authority_url "
-        f"http://{shown}:{port} | client_id={client.client_id} client_secret="
+        f"{common.root_url(host, port)} | client_id={client.client_id} client_secret="
         f"{client.client_secret} | redirect URIs {', '.join(sorted(client.redirect_uris))} | "
         f"login user {options.user}"
     )

@@ -5,8 +5,9 @@ documentation describes it (`seeds/004_*`, `reference/building-apis.md` §4) and
 silent, as documented in docs/bimplus.md ("inferred"), plus the admin API and the command
 line. Data, credentials and tokens live in `bimplus_state`; the fault profiles, the rolling
 rate window and the request log are the BuildingMinds emulator's (`buildingminds_faults`,
-`buildingminds_auth.RateLimiter`, `buildingminds_state.LogEntry`), and so are the fault
-responses and admin views (`common`), so the emulators cannot drift apart.
+`buildingminds_auth.RateLimiter`, `buildingminds_state.LogEntry`), and the front door, fault
+responses, admin views and command line are shared by every emulator (`common`), so the
+emulators cannot drift apart.
 
 Must not: reach the network beyond its own socket, read the wall clock for decisions (time
 comes from the injected `clock`), or start tasks of its own.
@@ -49,15 +50,14 @@ client), route and team (404/403). Discovery, token and authorize requests see o
 
 from __future__ import annotations
 
-import math
-import sys
+import functools
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-import anyio
 import orjson
 from aiohttp import web
 
+from connector.emulators import common
 from connector.emulators.bimplus_state import (
     BIMPLUS_KEY,
     DEMO_APPLICATION_ID,
@@ -75,16 +75,17 @@ from connector.emulators.bimplus_state import (
     Team,
 )
 from connector.emulators.buildingminds_auth import basic_credentials
-from connector.emulators.buildingminds_state import REQUEST_LOG_SIZE, LogEntry
+from connector.emulators.buildingminds_state import LogEntry
 from connector.emulators.common import (
-    inject,
+    Caller,
+    Gate,
+    admit,
+    bad_options,
+    front_door,
     json_response,
-    parse_faults,
-    request_log,
-    retry_after,
-    serve,
+    root_url,
+    shared_options,
 )
-from connector.errors import ConfigError
 
 if TYPE_CHECKING:
     import argparse
@@ -96,6 +97,9 @@ __all__ = [
     "ADMIN_PREFIX",
     "API_PREFIX",
     "BIMPLUS_KEY",
+    "DEFAULTS",
+    "RATE_BUDGET",
+    "SUMMARY",
     "BimplusOptions",
     "BimplusState",
     "add_cli_arguments",
@@ -137,62 +141,46 @@ async def _answer(handler: Handler, request: web.Request) -> web.StreamResponse:
         return _error(exc.status, exc.reason)
 
 
-def _is_auth(path: str) -> bool:
-    return path in (DISCOVERY_PATH, AUTHORIZE_PATH) or path.startswith("/realms/")
+# -- the front door: request log, faults, tokens, budget -------------------------------------
 
 
-# -- the front door: faults, tokens, budget, request log -----------------------------------
-
-
-@web.middleware
-async def _front_door(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _auth_gate(request: web.Request, handler: Handler, entry: LogEntry) -> web.StreamResponse:
+    """Discovery, token and authorize requests see only the token-outage profile."""
     state = request.app[BIMPLUS_KEY]
-    path = request.path
-    if path.startswith(ADMIN_PREFIX + "/"):
-        return await _answer(handler, request)
-    entry = LogEntry(state.clock(), request.method, path)
-    request[_ENTRY] = entry
-    state.requests.append(entry)
-    if _is_auth(path):
-        if state.faults.token_outage(state.clock()):
-            entry.fault = "token-outage"
-            response: web.StreamResponse = _oauth_error(_OUTAGE)
-        else:
-            response = await _answer(handler, request)
-    elif path.startswith(API_PREFIX + "/"):
-        response = await _api_gate(request, handler, state, entry)
-    else:
-        response = await _answer(handler, request)
-    if entry.fault != "reset":  # a dropped connection has no status
-        entry.status = response.status
-    return response
-
-
-async def _api_gate(
-    request: web.Request, handler: Handler, state: BimplusState, entry: LogEntry
-) -> web.StreamResponse:
-    fault = state.faults.api_fault(state.clock())
-    if fault is not None:
-        entry.fault = fault.kind
-        injected = await inject(fault, request, _error)
-        if injected is not None:
-            return injected
-    now = state.clock()
-    issued = state.resolve(request.headers.get("Authorization"), now)
-    if not isinstance(issued, Issued):
-        challenge = 'Bearer realm="bimplus", BimPlus realm="bimplus"'
-        return _error(401, issued, {"WWW-Authenticate": challenge})
-    entry.client_id = issued.subject
-    request[_ISSUED] = issued
-    wait = state.limiter.admit(issued.key, now)
-    if wait is not None:
-        return _error(
-            429,
-            f"Too many requests: {state.options.rate_limit_requests} per "
-            f"{state.options.rate_limit_seconds:g} s. Try again in {math.ceil(wait)} s.",
-            retry_after(wait),
-        )
+    if state.faults.token_outage(state.clock()):
+        entry.fault = "token-outage"
+        return _oauth_error(_OUTAGE)
     return await _answer(handler, request)
+
+
+def _caller(state: BimplusState, authorization: str | None, now: float) -> Caller[Issued] | str:
+    issued = state.resolve(authorization, now)
+    if isinstance(issued, str):
+        return issued
+    return Caller(issued, issued.subject, budget=issued.key, serial=issued.serial)
+
+
+async def _api_gate(request: web.Request, handler: Handler, entry: LogEntry) -> web.StreamResponse:
+    state = request.app[BIMPLUS_KEY]
+    caller = await admit(
+        request, state, entry, error=_error, lookup=functools.partial(_caller, state),
+        challenge='Bearer realm="bimplus", BimPlus realm="bimplus"',
+        revoked="Access token revoked",
+        throttled="Too many requests: {requests} per {seconds:g} s. Try again in {wait} s.",
+    )  # fmt: skip
+    if not isinstance(caller, Caller):
+        return caller
+    request[_ISSUED] = caller.credential
+    return await _answer(handler, request)
+
+
+def _gate(path: str) -> Gate | None:
+    if path in (DISCOVERY_PATH, AUTHORIZE_PATH) or path.startswith("/realms/"):
+        return _auth_gate
+    return _api_gate if path.startswith(API_PREFIX + "/") else None
+
+
+_front_door = front_door(BIMPLUS_KEY, _ENTRY, admin_prefix=ADMIN_PREFIX, answer=_answer, gate=_gate)
 
 
 # -- OIDC and the legacy login --------------------------------------------------------------
@@ -406,34 +394,6 @@ async def _admin_health(request: web.Request, state: BimplusState) -> Any:
     }  # fmt: skip
 
 
-async def _admin_requests(request: web.Request, state: BimplusState) -> Any:
-    found = request_log(
-        state.requests, state.iso, request.query.get("limit", str(REQUEST_LOG_SIZE))
-    )
-    if isinstance(found, str):
-        raise _BadRequest(found)
-    return found
-
-
-async def _admin_get_faults(request: web.Request, state: BimplusState) -> Any:
-    del request
-    return state.faults.active(state.clock()).to_json()
-
-
-async def _admin_set_faults(request: web.Request, state: BimplusState) -> Any:
-    settings = parse_faults(await request.read())
-    if isinstance(settings, str):
-        raise _BadRequest(settings)
-    state.set_faults(settings)
-    return settings.to_json()
-
-
-async def _admin_reset(request: web.Request, state: BimplusState) -> Any:
-    del request
-    state.reset()
-    return {"status": "reset"}
-
-
 async def _admin_data(request: web.Request, state: BimplusState) -> Any:
     del request
     return {
@@ -571,10 +531,7 @@ def create_app(
     router.add_get(API_PREFIX + "/{team}/objects/{object}", _object)
     admin = ADMIN_PREFIX
     router.add_get(f"{admin}/health", _admin(_admin_health))
-    router.add_get(f"{admin}/requests", _admin(_admin_requests))
-    router.add_get(f"{admin}/faults", _admin(_admin_get_faults))
-    router.add_post(f"{admin}/faults", _admin(_admin_set_faults))
-    router.add_post(f"{admin}/reset", _admin(_admin_reset))
+    common.add_admin_routes(router, admin, BIMPLUS_KEY)  # requests, faults, reset
     router.add_get(f"{admin}/data", _admin(_admin_data))
     router.add_post(f"{admin}/teams", _admin(_admin_add_team))
     router.add_post(f"{admin}/projects", _admin(_admin_add_project))
@@ -591,55 +548,47 @@ def create_app(
 # -- command line -----------------------------------------------------------------------------
 
 
+# What `emulate bimplus` shows and takes (`common.Emulator`).
+SUMMARY = "the Bimplus API v2, its Keycloak-style OIDC server and its legacy login"
+RATE_BUDGET = "per user or client"
+DEFAULTS = BimplusOptions()
+
+
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options only `emulate bimplus` has. It shares --rate-limit (default here: 100/60),
-    --token-lifetime (default here: 300, Keycloak's), --fault-profile, --fault-rate and --seed
-    with `emulate buildingminds`."""
-    defaults = BimplusOptions()
-    group = parser.add_argument_group("bimplus")
+    """The flags only `emulate bimplus` has (`common.add_shared_arguments` adds the rest; its
+    --token-lifetime is that of OIDC tokens)."""
+    defaults = DEFAULTS
+    group = parser.add_argument_group("Bimplus")
     group.add_argument(
         "--projects",
         type=int,
         default=defaults.projects,
         metavar="N",
-        help="demo projects in the demo team (bimplus; default: 2)",
+        help=f"demo projects in the demo team (default: {defaults.projects})",
     )
     group.add_argument(
         "--legacy-lifetime",
         type=int,
         default=defaults.legacy_lifetime_seconds,
         metavar="SECONDS",
-        help="lifetime of tokens from POST /v2/authorize (bimplus; default: 7200)",
+        help="lifetime of tokens from POST /v2/authorize "
+        f"(default: {defaults.legacy_lifetime_seconds})",
     )
 
 
 def options_from_args(args: argparse.Namespace) -> BimplusOptions:
-    """BimplusOptions from parsed arguments (shared ones None when not given); ConfigError
-    says what is wrong."""
-    defaults = BimplusOptions()
-    requests, seconds = args.rate_limit or (
-        defaults.rate_limit_requests,
-        defaults.rate_limit_seconds,
-    )
-    lifetime = args.token_lifetime or defaults.token_lifetime_seconds
-    try:
+    """BimplusOptions from parsed arguments; ConfigError says what is wrong."""
+    with bad_options():
         return BimplusOptions(
-            rate_limit_requests=requests,
-            rate_limit_seconds=seconds,
-            token_lifetime_seconds=lifetime,
+            **shared_options(args),
             legacy_lifetime_seconds=args.legacy_lifetime,
             projects=args.projects,
-            fault_profile=args.fault_profile,
-            fault_rate=args.fault_rate,
-            seed=args.seed,
         )
-    except ValueError as exc:
-        raise ConfigError([str(exc)]) from exc
 
 
-def _announcement(host: str, port: int) -> str:
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - compared only
-    root = f"http://{shown}:{port}"
+def _announcement(options: BimplusOptions, host: str, port: int) -> str:
+    del options
+    root = root_url(host, port)
     return (
         f"Bimplus emulator listening on {host}:{port} | base URL {root}{API_PREFIX} | "
         f"discovery {root}{DISCOVERY_PATH} | team {DEMO_TEAM} | OIDC client_id="
@@ -650,10 +599,4 @@ def _announcement(host: str, port: int) -> str:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Serve on args.host:args.port until SIGINT/SIGTERM; the exit code (2: bad options)."""
-    try:
-        options = options_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)  # noqa: T201 - a command-line front end
-        return 2
-    anyio.run(serve, create_app(options), args.host, args.port, _announcement)
-    return 0
+    return common.run_from_args(args, options_from_args, create_app, _announcement)

@@ -52,7 +52,7 @@ injected clock.
 
 from __future__ import annotations
 
-import math
+import functools
 import re
 import time
 import uuid
@@ -86,14 +86,7 @@ from connector.emulators.buildingminds_state import (
     EmulatorState,
     LogEntry,
 )
-from connector.emulators.common import (
-    add_fault_arguments,
-    inject,
-    json_response,
-    rate_limit_arg,
-    retry_after,
-)
-from connector.errors import ConfigError
+from connector.emulators.common import json_response
 
 if TYPE_CHECKING:
     import argparse
@@ -106,8 +99,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "API_PREFIX",
+    "DEFAULTS",
     "DEFAULT_TENANT",
+    "RATE_BUDGET",
     "STATE_KEY",
+    "SUMMARY",
     "EmulatorOptions",
     "EmulatorState",
     "add_cli_arguments",
@@ -164,57 +160,45 @@ async def _answer(handler: Handler, request: web.Request) -> web.StreamResponse:
         return _error(exc.status, message, headers)
 
 
-# -- the front door: faults, auth, budget, permission, request log --------------------------
+# -- the front door: request log, faults, auth, budget, permission --------------------------
 
 
-@web.middleware
-async def _front_door(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _caller(
+    state: EmulatorState, authorization: str | None, now: float
+) -> common.Caller[Token] | str:
+    token = state.tokens.resolve(authorization, now)
+    if isinstance(token, str):
+        return token
+    client_id = token.client.client_id
+    return common.Caller(token, client_id, budget=client_id, serial=token.serial)
+
+
+async def _api_gate(request: web.Request, handler: Handler, entry: LogEntry) -> web.StreamResponse:
     state = request.app[STATE_KEY]
-    path = request.path
-    if path.startswith(ADMIN_PREFIX + "/"):
-        return await _answer(handler, request)
-    entry = LogEntry(state.clock(), request.method, path)
-    request[_ENTRY] = entry
-    state.requests.append(entry)
-    if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
-        response = await _api_gate(request, handler, state, entry)
-    else:
-        response = await _answer(handler, request)
-    if entry.fault != "reset":  # a dropped connection has no status
-        entry.status = response.status
-    return response
-
-
-async def _api_gate(
-    request: web.Request, handler: Handler, state: EmulatorState, entry: LogEntry
-) -> web.StreamResponse:
-    fault = state.faults.api_fault(state.clock())
-    if fault is not None:
-        entry.fault = fault.kind
-        injected = await inject(fault, request, _error)
-        if injected is not None:
-            return injected
-    now = state.now()
-    resolved = state.tokens.resolve(request.headers.get("Authorization"), now)
-    if isinstance(resolved, Token) and state.faults.token_revoked(resolved.serial, now):
-        resolved = "Access denied due to revoked access token. Request a new token."
-    if not isinstance(resolved, Token):
-        return _error(401, resolved, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
-    client = resolved.client
-    entry.client_id = client.client_id
-    wait = state.limiter.admit(client.client_id, now)
-    if wait is not None:
-        return _error(
-            429,
-            f"Rate limit is exceeded: {state.options.rate_limit_requests} requests per "
-            f"{state.options.rate_limit_seconds:g} seconds per credential. "
-            f"Try again in {math.ceil(wait)} seconds.",
-            retry_after(wait),
-        )
+    caller = await common.admit(
+        request, state, entry, error=_error, lookup=functools.partial(_caller, state),
+        challenge='Bearer error="invalid_token"',
+        revoked="Access denied due to revoked access token. Request a new token.",
+        throttled="Rate limit is exceeded: {requests} requests per {seconds:g} seconds per "
+        "credential. Try again in {wait} seconds.",
+    )  # fmt: skip
+    if not isinstance(caller, common.Caller):
+        return caller
     endpoint = request.path[len(API_PREFIX) :].strip("/").split("/", 1)[0]
-    if (endpoint in ENTITIES or endpoint == "batch") and not client.permits(endpoint):
+    if (endpoint in ENTITIES or endpoint == "batch") and not caller.credential.client.permits(
+        endpoint
+    ):
         return _error(403, f"The credential has no access to /{endpoint}.")
     return await _answer(handler, request)
+
+
+def _gate(path: str) -> common.Gate | None:
+    return _api_gate if path == API_PREFIX or path.startswith(API_PREFIX + "/") else None
+
+
+_front_door = common.front_door(
+    STATE_KEY, _ENTRY, admin_prefix=ADMIN_PREFIX, answer=_answer, gate=_gate
+)
 
 
 # -- token endpoint -------------------------------------------------------------------------
@@ -513,42 +497,33 @@ def create_app(
 # -- command line -----------------------------------------------------------------------------
 
 
+# What `emulate buildingminds` shows and takes (`common.Emulator`).
+SUMMARY = "the BuildingMinds Digital Twin Integration API and its Entra ID token endpoint"
+RATE_BUDGET = "per credential"
+DEFAULTS = EmulatorOptions()
+
+
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """The emulator's options on `emulate buildingminds` (the caller adds --host and --port)."""
-    defaults = EmulatorOptions()
-    parser.add_argument(
-        "--rate-limit",
-        type=rate_limit_arg,
-        default=None,  # each emulator has its own default; buildingx shares this option
-        metavar="REQUESTS/SECONDS",
-        help="request budget per credential over a rolling window "
-        "(default: 100/60; buildingx: 10/1 per API)",
-    )
-    parser.add_argument(
-        "--token-lifetime",
-        type=int,
-        default=None,
-        metavar="SECONDS",
-        help="access token lifetime (default: 3599; buildingx: 86400)",
-    )
-    parser.add_argument(
+    """The flags only `emulate buildingminds` has (`common.add_shared_arguments` adds the rest)."""
+    defaults = DEFAULTS
+    group = parser.add_argument_group("BuildingMinds")
+    group.add_argument(
         "--processing-delay",
         type=float,
         default=defaults.processing_delay_seconds,
         metavar="SECONDS",
-        help="time from acceptance to Completed; InProgress after half (default: 2)",
+        help="time from acceptance to Completed; InProgress after half "
+        f"(default: {defaults.processing_delay_seconds:g})",
     )
-    add_fault_arguments(parser, seed=defaults.seed)
-    parser.add_argument(
+    group.add_argument(
         "--clients",
         type=Path,
         default=None,
         metavar="FILE",
         help="YAML/JSON list of client_id, client_secret, scope, optional allowed_endpoints "
-        "(buildingx: client_id, client_secret, partitions) "
-        "(default: the demo credential demo-client / demo-secret)",
+        f"(default: the demo credential {DEMO_CLIENT.client_id} / {DEMO_CLIENT.client_secret})",
     )
-    parser.add_argument(
+    group.add_argument(
         "--max-body-bytes",
         type=int,
         default=defaults.max_body_bytes,
@@ -560,34 +535,17 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
     """EmulatorOptions from parsed arguments; ConfigError lists what is wrong."""
     clients = load_clients(args.clients) if args.clients is not None else [DEMO_CLIENT]
-    defaults = EmulatorOptions()
-    requests, seconds = args.rate_limit or (
-        defaults.rate_limit_requests,
-        defaults.rate_limit_seconds,
-    )
-    try:
+    with common.bad_options():
         return EmulatorOptions(
-            rate_limit_requests=requests,
-            rate_limit_seconds=seconds,
-            token_lifetime_seconds=(
-                defaults.token_lifetime_seconds
-                if args.token_lifetime is None
-                else args.token_lifetime
-            ),
+            **common.shared_options(args),
             processing_delay_seconds=args.processing_delay,
-            fault_profile=args.fault_profile,
-            fault_rate=args.fault_rate,
-            seed=args.seed,
             clients=clients,
             max_body_bytes=args.max_body_bytes,
         )
-    except ValueError as exc:
-        raise ConfigError([str(exc)]) from exc
 
 
 def _announcement(options: EmulatorOptions, host: str, port: int) -> str:
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - compared only
-    root = f"http://{shown}:{port}"
+    root = common.root_url(host, port)
     if DEMO_CLIENT in options.clients:
         who = (
             f"demo credential client_id={DEMO_CLIENT.client_id} "

@@ -45,6 +45,7 @@ import base64
 import functools
 import time
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -59,14 +60,10 @@ from connector.emulators.buildingx_state import (
     BuildingXOptions,
     BuildingXState,
     GrantError,
+    Token,
     load_users,
 )
-from connector.emulators.common import (
-    inject,
-    json_response,
-    retry_after,
-)
-from connector.errors import ConfigError
+from connector.emulators.common import REQUEST_ID, json_response
 
 if TYPE_CHECKING:
     import argparse
@@ -78,12 +75,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "API_ROOT",
+    "DEFAULTS",
     "INGEST",
     "MEDIA_TYPE",
+    "RATE_BUDGET",
     "STATE_KEY",
     "STRUCTURE",
+    "SUMMARY",
     "BuildingXOptions",
     "BuildingXState",
+    "add_cli_arguments",
     "create_app",
     "options_from_args",
     "run_from_args",
@@ -98,7 +99,6 @@ MAX_PAGE: Final = 100  # inferred: the largest page[limit] a community exporter 
 DEFAULT_PAGE: Final = 20  # inferred
 
 _ENTRY: Final = web.RequestKey("buildingx_log_entry", LogEntry)
-_REQUEST_ID: Final = web.RequestKey("buildingx_request_id", str)
 _CLIENT: Final = web.RequestKey("buildingx_client", str)
 
 
@@ -118,7 +118,7 @@ def _problems(
     errors = []
     for problem in problems:
         error: dict[str, Any] = {
-            "id": request.get(_REQUEST_ID, ""),
+            "id": request.get(REQUEST_ID, ""),
             "status": str(problem.status),
             "code": problem.code,
             "title": problem.title,
@@ -164,7 +164,7 @@ async def _answer(handler: Handler, request: web.Request) -> web.StreamResponse:
         return _error(request, exc.status, exc.reason, headers)
 
 
-# -- the front door: request id, faults, auth, budget, partition, request log ---------------
+# -- the front door: request id, request log, faults, auth, budget, partition ---------------
 
 
 def _api_of(path: str) -> str | None:
@@ -175,57 +175,39 @@ def _api_of(path: str) -> str | None:
 
 
 @web.middleware
-async def _front_door(request: web.Request, handler: Handler) -> web.StreamResponse:
-    state = request.app[STATE_KEY]
-    request[_REQUEST_ID] = request_id = str(uuid.uuid4())
-    path = request.path
-    if path.startswith(ADMIN_PREFIX + "/"):
-        response = await _answer(handler, request)
-    else:
-        entry = LogEntry(state.clock(), request.method, path, request_id=request_id)
-        request[_ENTRY] = entry
-        state.requests.append(entry)
-        api = _api_of(path)
-        if api is not None:
-            response = await _api_gate(request, handler, state, entry, api)
-        else:
-            response = await _answer(handler, request)
-        if entry.fault != "reset":  # a dropped connection has no status
-            entry.status = response.status
+async def _request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every response, admin ones included, carries the X-Request-Id its errors show."""
+    request[REQUEST_ID] = request_id = str(uuid.uuid4())
+    response = await handler(request)
     response.headers["X-Request-Id"] = request_id
     return response
 
 
+def _caller(
+    state: BuildingXState, api: str, authorization: str | None, now: float
+) -> common.Caller[Token] | str:
+    token = state.tokens.resolve(authorization, now)
+    if isinstance(token, str):
+        return token
+    client_id = token.user.client_id
+    # structure and point-value-ingest are counted apart
+    return common.Caller(token, client_id, budget=f"{client_id} {api}", serial=token.serial)
+
+
 async def _api_gate(
-    request: web.Request,
-    handler: Handler,
-    state: BuildingXState,
-    entry: LogEntry,
-    api: str,
+    request: web.Request, handler: Handler, entry: LogEntry, *, api: str
 ) -> web.StreamResponse:
-    now = state.clock()
-    fault = state.faults.api_fault(now)
-    if fault is not None:
-        entry.fault = fault.kind
-        injected = await inject(fault, request, functools.partial(_error, request))
-        if injected is not None:
-            return injected
-    resolved = state.tokens.resolve(request.headers.get("Authorization"), now)
-    if not isinstance(resolved, str) and state.faults.token_revoked(resolved.serial, now):
-        resolved = "The access token has been revoked."
-    if isinstance(resolved, str):
-        return _error(request, 401, resolved, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
-    user = resolved.user
-    entry.client_id = request[_CLIENT] = user.client_id
-    wait = state.limiter.admit(f"{user.client_id} {api}", now)
-    if wait is not None:
-        options = state.options
-        return _error(
-            request, 429,
-            f"Rate limit exceeded: {options.rate_limit_requests} requests per "
-            f"{options.rate_limit_seconds:g} s per client and API",
-            retry_after(wait),
-        )  # fmt: skip
+    state = request.app[STATE_KEY]
+    caller = await common.admit(
+        request, state, entry, error=functools.partial(_error, request),
+        lookup=functools.partial(_caller, state, api),
+        challenge='Bearer error="invalid_token"', revoked="The access token has been revoked.",
+        throttled="Rate limit exceeded: {requests} requests per {seconds:g} s per client and API",
+    )  # fmt: skip
+    if not isinstance(caller, common.Caller):
+        return caller
+    user = caller.credential.user
+    request[_CLIENT] = user.client_id
     parts = request.path[len(f"{API_ROOT}/{api}/") :].split("/")
     if len(parts) >= 2 and parts[0] == "partitions" and parts[1] not in user.partitions:
         return _error(request, 403, f"The client may not use partition {parts[1]!r}.")
@@ -239,6 +221,16 @@ async def _api_gate(
             request, 415, f"Content-Type must be {MEDIA_TYPE}, not {request.content_type!r}"
         )
     return await _answer(handler, request)
+
+
+def _gate(path: str) -> common.Gate | None:
+    api = _api_of(path)
+    return None if api is None else functools.partial(_api_gate, api=api)
+
+
+_front_door = common.front_door(
+    STATE_KEY, _ENTRY, admin_prefix=ADMIN_PREFIX, answer=_answer, gate=_gate
+)
 
 
 # -- token endpoint ---------------------------------------------------------------------------
@@ -513,7 +505,9 @@ def create_app(
     tests can move time instead of sleeping. Injected latency and hangs are real sleeps.
     """
     options = options or BuildingXOptions()
-    app = web.Application(middlewares=[_front_door], client_max_size=options.max_body_bytes)
+    app = web.Application(
+        middlewares=[_request_id, _front_door], client_max_size=options.max_body_bytes
+    )
     app[STATE_KEY] = BuildingXState(options, clock)
     router = app.router
     router.add_post("/oauth/token", _token)
@@ -539,31 +533,38 @@ def create_app(
 # -- command line -----------------------------------------------------------------------------
 
 
-def options_from_args(args: argparse.Namespace) -> BuildingXOptions:
-    """Options from the `emulate` arguments (shared with buildingminds; the ones that only
-    BuildingMinds has are ignored). ConfigError lists what is wrong."""
-    defaults = BuildingXOptions()
-    users = load_users(args.clients) if args.clients is not None else [DEMO_USER]
-    requests, seconds = args.rate_limit or (
-        defaults.rate_limit_requests,
-        defaults.rate_limit_seconds,
+# What `emulate buildingx` shows and takes (`common.Emulator`).
+SUMMARY = (
+    "the Siemens Building X Openness APIs (Structure, Point Value Ingest) and their "
+    "Auth0 token endpoint"
+)
+RATE_BUDGET = "per client and API"
+DEFAULTS = BuildingXOptions()
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags only `emulate buildingx` has (`common.add_shared_arguments` adds the rest)."""
+    group = parser.add_argument_group("Building X")
+    group.add_argument(
+        "--clients",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="YAML/JSON list of machine users: client_id, client_secret, partitions "
+        f"(default: the demo machine user {DEMO_USER.client_id} / {DEMO_USER.client_secret}, "
+        f"partition {min(DEMO_USER.partitions)})",
     )
-    lifetime = args.token_lifetime
-    if lifetime is None:
-        lifetime = defaults.token_lifetime_seconds
-    try:
-        return BuildingXOptions(
-            rate_limit_requests=requests, rate_limit_seconds=seconds,
-            token_lifetime_seconds=lifetime, fault_profile=args.fault_profile,
-            fault_rate=args.fault_rate, seed=args.seed, users=users,
-        )  # fmt: skip
-    except ValueError as exc:
-        raise ConfigError([str(exc)]) from exc
+
+
+def options_from_args(args: argparse.Namespace) -> BuildingXOptions:
+    """Options from the `emulate buildingx` arguments; ConfigError lists what is wrong."""
+    users = load_users(args.clients) if args.clients is not None else [DEMO_USER]
+    with common.bad_options():
+        return BuildingXOptions(**common.shared_options(args), users=users)
 
 
 def _announcement(options: BuildingXOptions, host: str, port: int) -> str:
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - compared only
-    root = f"http://{shown}:{port}"
+    root = common.root_url(host, port)
     if DEMO_USER in options.users:
         who = (
             f"demo machine user client_id={DEMO_USER.client_id} "

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.anyio
 async def test_emulate_bimlink_serves_until_sigterm() -> None:
     command = [
         sys.executable, "-m", "connector", "emulate", "bimlink", "--port", "0",
-        "--redirect-uri", "http://127.0.0.1:9999/callback", "--requests-per-minute", "5",
+        "--redirect-uri", "http://127.0.0.1:9999/callback", "--rate-limit", "5/60",
     ]  # fmt: skip
     async with await anyio.open_process(command) as proc:
         assert proc.stdout is not None

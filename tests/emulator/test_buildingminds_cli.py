@@ -14,13 +14,14 @@ import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from connector.emulators import buildingminds
 from connector.emulators.buildingminds import (
     EmulatorOptions,
-    add_cli_arguments,
     options_from_args,
     run_from_args,
 )
 from connector.emulators.buildingminds_auth import DEMO_CLIENT
+from connector.emulators.common import add_emulator_arguments
 from connector.errors import ConfigError
 from tests.emulator.conftest import DEMO_FORM
 
@@ -29,11 +30,9 @@ if TYPE_CHECKING:
 
 
 def parser() -> argparse.ArgumentParser:
-    # The CLI's `emulate` sub-command owns --host and --port; the emulator adds the rest.
-    parsed = argparse.ArgumentParser(prog="emulate")
-    parsed.add_argument("--port", type=int, default=8080)
-    parsed.add_argument("--host", default="127.0.0.1")
-    add_cli_arguments(parsed)
+    # What `emulate buildingminds` parses: the flags shared by every emulator, then its own.
+    parsed = argparse.ArgumentParser(prog="emulate buildingminds")
+    add_emulator_arguments(parsed, buildingminds)
     return parsed
 
 
@@ -140,12 +139,10 @@ def test_run_from_args_refuses_bad_options(
 
 SERVE = (
     "import argparse, sys\n"
-    "from connector.emulators.buildingminds import add_cli_arguments, run_from_args\n"
+    "from connector.emulators import buildingminds, common\n"
     "p = argparse.ArgumentParser()\n"
-    "p.add_argument('--port', type=int)\n"
-    "p.add_argument('--host')\n"
-    "add_cli_arguments(p)\n"
-    "sys.exit(run_from_args(p.parse_args(sys.argv[1:])))\n"
+    "common.add_emulator_arguments(p, buildingminds)\n"
+    "sys.exit(buildingminds.run_from_args(p.parse_args(sys.argv[1:])))\n"
 )
 
 

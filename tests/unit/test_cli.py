@@ -31,6 +31,29 @@ def test_module_help_lists_every_command() -> None:
         assert command in done.stdout
 
 
+@pytest.mark.parametrize(
+    ("platform", "own", "default_rate", "others"),
+    [
+        ("buildingminds", "--processing-delay", "100/60", "--login-user"),
+        ("buildingx", "--clients", "10/1", "--processing-delay"),
+        ("bimlink", "--refresh-token-lifetime", "300/60", "--requests-per-minute"),
+        ("bimplus", "--legacy-lifetime", "100/60", "--max-body-bytes"),
+    ],
+)
+def test_emulate_help_shows_one_platform(
+    platform: str, own: str, default_rate: str, others: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        run("emulate", platform, "--help")
+    assert caught.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for shared in ("--host", "--port", "--rate-limit", "--token-lifetime", "--fault-profile"):
+        assert shared in text
+    assert own in text
+    assert f"(default: {default_rate})" in text
+    assert others not in text
+
+
 def test_config_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CONNECTOR_CONFIG", raising=False)
     with pytest.raises(SystemExit) as caught:
