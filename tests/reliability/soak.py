@@ -73,6 +73,7 @@ async def soak(minutes: float, fault_seconds: float, rate: float, out: Path) -> 
     config = write_config(work, emu, broker.bootstrap, topic, group, max_records=500)
     sent, restarts, peak = 0, 0, 0.0
     faults_run: list[str] = []
+    phases: list[tuple[float, str]] = []  # (monotonic start, fault): to attribute 429s
     connector = ConnectorProcess(config, work / "connector-0.log")
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=20)
     await producer.start()
@@ -97,6 +98,7 @@ async def soak(minutes: float, fault_seconds: float, rate: float, out: Path) -> 
                 fault = next(schedule)
                 name = fault if isinstance(fault, str) else str(fault["profile"])
                 faults_run.append(name)
+                phases.append((time.monotonic(), name))
                 _say(f"fault: {name}; sent {sent}, stored {len(await emu.entities('building'))}")
                 peak = max(peak, connector.peak_rss_mb())
                 if isinstance(fault, dict):
@@ -123,6 +125,7 @@ async def soak(minutes: float, fault_seconds: float, rate: float, out: Path) -> 
             tg.cancel_scope.cancel()
         await producer.flush()
         _say(f"faults over after {len(faults_run)}; catching up on {sent} records")
+        phases.append((time.monotonic(), "catching up"))
         ids = {f"seq-{record_id(i)}" for i in range(sent)}
         unique = len(ids)
         deadline = time.monotonic() + 1200
@@ -157,6 +160,9 @@ async def soak(minutes: float, fault_seconds: float, rate: float, out: Path) -> 
             "api_429s_caused_by_connector": len(
                 [r for r in api if r["status"] == 429 and not r["fault"]]
             ),
+            "api_429s_caused_by_connector_by_fault": _by_phase(
+                [r["time"] for r in api if r["status"] == 429 and not r["fault"]], phases
+            ),
             "connector_restarts": restarts,
             "faults": {f: faults_run.count(f) for f in dict.fromkeys(faults_run)},
             "peak_rss_mb": round(peak, 1),
@@ -172,6 +178,16 @@ async def soak(minutes: float, fault_seconds: float, rate: float, out: Path) -> 
         await emu.http.close()
         await server.close()
         await anyio.to_thread.run_sync(broker.stop)
+
+
+def _by_phase(times: list[float], phases: list[tuple[float, str]]) -> dict[str, int]:
+    """How many of `times` fell in each kind of fault (the last one started before it)."""
+    counts: dict[str, int] = {}
+    for at in times:
+        started = [name for start, name in phases if start <= at]
+        name = started[-1] if started else "before the first fault"
+        counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def main() -> int:
