@@ -414,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
         f"(data in {broker.data_dir}); Ctrl-C stops it",
         file=sys.stderr,
     )
+    # The JVM runs in a session of its own (Ctrl-C must reach us, not it), so a SIGTERM to this
+    # launcher (kill, a supervisor, `docker stop`) must stop it too, or it outlives us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         while broker.process is not None and broker.process.poll() is None:
             time.sleep(0.5)

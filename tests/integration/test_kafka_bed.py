@@ -6,15 +6,22 @@ survive `kill -9` of the broker.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from connector.devbroker import free_port, port_open
 from tests.kafka_fixtures import NewTopicFactory, create_topic, wait_until
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from connector.devbroker import LocalBroker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.kafka]
@@ -167,3 +174,25 @@ async def test_committed_offsets_survive_kill_9_of_the_broker(
     finally:
         await again.stop()
     assert sorted(before + after) == list(range(2000))
+
+
+@pytest.mark.skipif(
+    os.environ.get("KAFKA_BOOTSTRAP") is not None,
+    reason="starts a broker of its own; unset KAFKA_BOOTSTRAP",
+)
+async def test_devbroker_run_stops_its_broker_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    launcher = subprocess.Popen(  # noqa: ASYNC220 - a child process we signal and wait for
+        [sys.executable, "-m", "connector.devbroker", "run", "--port", str(port),
+         "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await wait_until(lambda: port_open(port), timeout=60, what="the broker")
+        launcher.send_signal(signal.SIGTERM)
+        assert await anyio.to_thread.run_sync(launcher.wait, 30) == 0
+        # the JVM is gone too: nothing listens on its port any more
+        await wait_until(lambda: not port_open(port), timeout=30, what="JVM exit")
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
