@@ -20,6 +20,7 @@ import signal
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,7 +74,7 @@ async def soak(minutes: float, fault_seconds: float, rate: float, out: Path) -> 
     config = write_config(work, emu, broker.bootstrap, topic, group, max_records=500)
     sent, restarts, peak = 0, 0, 0.0
     faults_run: list[str] = []
-    phases: list[tuple[float, str]] = []  # (monotonic start, fault): to attribute 429s
+    phases: list[tuple[float, str]] = []  # (unix start, fault): to attribute 429s
     connector = ConnectorProcess(config, work / "connector-0.log")
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=20)
     await producer.start()
@@ -98,7 +99,7 @@ async def soak(minutes: float, fault_seconds: float, rate: float, out: Path) -> 
                 fault = next(schedule)
                 name = fault if isinstance(fault, str) else str(fault["profile"])
                 faults_run.append(name)
-                phases.append((time.monotonic(), name))
+                phases.append((time.time(), name))
                 _say(f"fault: {name}; sent {sent}, stored {len(await emu.entities('building'))}")
                 peak = max(peak, connector.peak_rss_mb())
                 if isinstance(fault, dict):
@@ -125,7 +126,7 @@ async def soak(minutes: float, fault_seconds: float, rate: float, out: Path) -> 
             tg.cancel_scope.cancel()
         await producer.flush()
         _say(f"faults over after {len(faults_run)}; catching up on {sent} records")
-        phases.append((time.monotonic(), "catching up"))
+        phases.append((time.time(), "catching up"))
         ids = {f"seq-{record_id(i)}" for i in range(sent)}
         unique = len(ids)
         deadline = time.monotonic() + 1200
@@ -180,10 +181,12 @@ async def soak(minutes: float, fault_seconds: float, rate: float, out: Path) -> 
         await anyio.to_thread.run_sync(broker.stop)
 
 
-def _by_phase(times: list[float], phases: list[tuple[float, str]]) -> dict[str, int]:
-    """How many of `times` fell in each kind of fault (the last one started before it)."""
+def _by_phase(times: list[str], phases: list[tuple[float, str]]) -> dict[str, int]:
+    """How many of `times` (the request log's ISO 8601 UTC stamps) fell in each kind of fault:
+    the last one started before it."""
     counts: dict[str, int] = {}
-    for at in times:
+    for stamp in times:
+        at = datetime.fromisoformat(stamp).timestamp()
         started = [name for start, name in phases if start <= at]
         name = started[-1] if started else "before the first fault"
         counts[name] = counts.get(name, 0) + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import orjson
 from hypothesis import given, settings
@@ -115,3 +116,17 @@ def test_coalescing_sends_the_newest_version_once_in_flight_and_finishes_every_r
     assert window.unsent_records == 0
     assert sent_last == newest, "the newest version of every ID is what was sent last"
     assert offsets.position(tp) == (offset or None)
+
+
+def test_the_soak_attributes_each_429_to_the_fault_running_then() -> None:
+    from tests.reliability.soak import _by_phase  # noqa: PLC0415 - the soak's own helper
+
+    start = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    phases = [(start + 60, "errors"), (start + 120, "kill -9"), (start + 180, "catching up")]
+    stamps = [
+        "2026-01-01T00:00:30.000Z", "2026-01-01T00:01:00.000Z", "2026-01-01T00:02:59.999Z",
+        "2026-01-01T00:02:30.5Z", "2026-01-01T00:05:00Z",
+    ]  # fmt: skip
+    assert _by_phase(stamps, phases) == {
+        "before the first fault": 1, "errors": 1, "kill -9": 2, "catching up": 1,
+    }  # fmt: skip
