@@ -864,7 +864,8 @@ async def run_connector(
         await producer.start()
         consumer.subscribe(list(settings.kafka.topics), listener=_Rebalance(pipeline))
         await consumer.start()
-        async with anyio.create_task_group() as tg, contextlib.AsyncExitStack() as stack:
+        # the stack (the sources' sessions) closes only after every task has ended
+        async with contextlib.AsyncExitStack() as stack, anyio.create_task_group() as tg:
             if settings.metrics.port:
                 await tg.start(_serve_metrics, settings, registry, pipeline)
             await tg.start(functools.partial(pipeline.run, handle_signals=handle_signals))
