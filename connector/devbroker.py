@@ -399,27 +399,35 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--port", type=int, default=9092)
     run.add_argument("--data-dir", type=Path, default=cache_dir() / "demo-data")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "resolve":
+    if args.command == "resolve":
+        try:
             print(resolve_jars())
-            return 0
+        except BrokerUnavailable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    # The JVM runs in a session of its own (Ctrl-C must reach us, not it), so a SIGTERM to this
+    # launcher (kill, a supervisor, `docker stop`), even while the broker starts, must stop it
+    # too, or it outlives us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
         broker = local_broker(args.data_dir, port=args.port)
-        started = time.monotonic()
-        broker.start()
     except BrokerUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(
-        f"Kafka {KAFKA_VERSION} ready at {broker.bootstrap} in {time.monotonic() - started:.1f} s "
-        f"(data in {broker.data_dir}); Ctrl-C stops it",
-        file=sys.stderr,
-    )
-    # The JVM runs in a session of its own (Ctrl-C must reach us, not it), so a SIGTERM to this
-    # launcher (kill, a supervisor, `docker stop`) must stop it too, or it outlives us.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    started = time.monotonic()
     try:
+        broker.start()
+        print(
+            f"Kafka {KAFKA_VERSION} ready at {broker.bootstrap} in "
+            f"{time.monotonic() - started:.1f} s (data in {broker.data_dir}); Ctrl-C stops it",
+            file=sys.stderr,
+        )
         while broker.process is not None and broker.process.poll() is None:
             time.sleep(0.5)
+    except BrokerUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         pass
     finally:

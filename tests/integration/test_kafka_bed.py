@@ -196,3 +196,6 @@ async def test_devbroker_run_stops_its_broker_on_sigterm(tmp_path: Path) -> None
     finally:
         if launcher.poll() is None:
             launcher.kill()
+        # should the fix regress, the JVM must not outlive the test: its command line names
+        # this test's data dir
+        subprocess.run(["pkill", "-f", str(tmp_path)], check=False)  # noqa: S607, ASYNC221
