@@ -52,7 +52,6 @@ import functools
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -63,7 +62,7 @@ from connector.emulators.bimlink_auth import DEMO_CLIENT, AccessGrant, AuthServe
 from connector.emulators.bimlink_data import DEMO_USER, DataStore, Forbidden, NotFound, demo_store
 from connector.emulators.buildingminds_auth import RateLimiter, basic_credentials
 from connector.emulators.buildingminds_faults import FaultInjector, FaultSettings
-from connector.emulators.buildingminds_state import REQUEST_LOG_SIZE, LogEntry
+from connector.emulators.buildingminds_state import REQUEST_LOG_SIZE, LogEntry, iso_utc
 from connector.emulators.common import json_response, retry_after
 from connector.logs import get_logger
 
@@ -170,8 +169,7 @@ class BimlinkState:
         return self._epoch + at
 
     def iso(self, at: float) -> str:
-        moment = datetime.fromtimestamp(self.wall(at), tz=UTC)
-        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return iso_utc(self._epoch + at)
 
     def set_faults(self, settings: FaultSettings) -> None:
         # `revoked-tokens` revokes access and refresh tokens issued before the switch.

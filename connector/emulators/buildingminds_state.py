@@ -27,7 +27,14 @@ if TYPE_CHECKING:
 
     from connector.emulators.buildingminds_auth import ClientCredential
 
-__all__ = ["REQUEST_LOG_SIZE", "STATE_KEY", "EmulatorOptions", "EmulatorState", "LogEntry"]
+__all__ = [
+    "REQUEST_LOG_SIZE",
+    "STATE_KEY",
+    "EmulatorOptions",
+    "EmulatorState",
+    "LogEntry",
+    "iso_utc",
+]
 
 log = get_logger(__name__)
 
@@ -77,6 +84,12 @@ class LogEntry:
     request_id: str | None = None  # the X-Request-Id answered (Building X sends one)
 
 
+def iso_utc(unix_seconds: float) -> str:
+    """ISO 8601 UTC with milliseconds and `Z`: how the emulators write time in logs and bodies."""
+    moment = datetime.fromtimestamp(unix_seconds, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 @dataclass
 class EmulatorState:
     """The emulated tenant: reachable as `app[STATE_KEY]`."""
@@ -110,8 +123,7 @@ class EmulatorState:
         return now
 
     def iso(self, at: float) -> str:
-        moment = datetime.fromtimestamp(self._epoch + at, tz=UTC)
-        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return iso_utc(self._epoch + at)
 
     def clock_at(self, day: date) -> float:
         """The clock value at 00:00 UTC of `day`."""

@@ -17,7 +17,6 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -26,7 +25,7 @@ from aiohttp import web
 
 from connector.emulators.buildingminds_auth import RateLimiter
 from connector.emulators.buildingminds_faults import FaultInjector, FaultSettings
-from connector.emulators.buildingminds_state import REQUEST_LOG_SIZE, LogEntry
+from connector.emulators.buildingminds_state import REQUEST_LOG_SIZE, LogEntry, iso_utc
 from connector.emulators.buildingx_model import PointValues, Structure
 from connector.errors import ConfigError
 
@@ -220,8 +219,7 @@ class BuildingXState:
         self.requests: deque[LogEntry] = deque(maxlen=REQUEST_LOG_SIZE)
 
     def iso(self, at: float) -> str:
-        moment = datetime.fromtimestamp(self._epoch + at, tz=UTC)
-        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return iso_utc(self._epoch + at)
 
     def set_faults(self, settings: FaultSettings) -> None:
         self.faults.configure(settings, now=self.clock(), token_serial=self.tokens.next_serial)
