@@ -9,15 +9,19 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry
 
 from connector.config import BimlinkSourceSettings
 from connector.entities import ENTITIES
 from connector.errors import CredentialsRejected, ServerError
+from connector.metrics import Metrics
 from connector.sources.base import Change, Item, Poller, SnapshotStore, changes_between
 from tests.integration.helpers import read_topic
+from tests.kafka_fixtures import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -206,3 +210,59 @@ async def test_a_failed_snapshot_publishes_nothing_and_the_next_poll_catches_up(
         assert [key for key, _ in await events(kafka_bootstrap, topic, 2)] == ["s1", "s2"]
     finally:
         await producer.stop()
+
+
+class ScriptedSource(ListSource):
+    """Fails as scripted, one failure per poll, then serves its items."""
+
+    def __init__(self, items: list[Item], failures: list[Exception]) -> None:
+        super().__init__(items)
+        self.failures = failures
+        self.calls = 0
+
+    async def snapshot(self) -> Sequence[Item]:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return list(self.items)
+
+
+@pytest.mark.anyio
+@pytest.mark.kafka
+async def test_the_loop_survives_outages_and_rejections_and_counts_each_poll(
+    kafka_bootstrap: str, new_topic: NewTopicFactory
+) -> None:
+    topic = await new_topic()
+    snapshots = f"snapshots-{uuid.uuid4().hex[:8]}"
+    settings = source_settings(topic, snapshots).model_copy(update={"poll_interval_seconds": 0.05})
+    options = {"bootstrap_servers": kafka_bootstrap}
+    registry = CollectorRegistry()
+    producer = AIOKafkaProducer(enable_idempotence=True, acks="all", **options)
+    await producer.start()
+    try:
+        store = SnapshotStore(producer, snapshots, options)
+        await store.ensure_topic()
+        source = ScriptedSource([site(1)], [ServerError("503"), CredentialsRejected("log in")])
+        poller = Poller(source, settings, producer=producer, store=store, metrics=Metrics(registry))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(poller.run)
+            await wait_until(lambda: source.calls >= 4, what="two failed and two good polls")
+            tg.cancel_scope.cancel()
+        assert [key for key, _ in await events(kafka_bootstrap, topic, 1)] == ["s1"]
+    finally:
+        await producer.stop()
+
+    def polls(outcome: str) -> float | None:
+        return registry.get_sample_value(
+            "connector_source_polls_total", {"source": "bimlink", "outcome": outcome}
+        )
+
+    assert polls("unavailable") == 1
+    assert polls("rejected") == 1
+    assert (polls("success") or 0) >= 1
+    assert (
+        registry.get_sample_value(
+            "connector_source_changes_total", {"source": "bimlink", "change": "Added"}
+        )
+        == 1
+    )
