@@ -19,7 +19,15 @@ from typing import Any, Literal, TextIO
 
 import orjson
 
-__all__ = ["JsonFormatter", "RedactingFilter", "TextFormatter", "get_logger", "setup_logging"]
+__all__ = [
+    "JsonFormatter",
+    "RedactingFilter",
+    "TextFormatter",
+    "get_logger",
+    "redact",
+    "register_secret",
+    "setup_logging",
+]
 
 ROOT = "connector"
 
@@ -34,8 +42,30 @@ _SECRET_PATTERNS = (
 )
 
 
+# userinfo in a URL: scheme://user:password@host
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^\s/@\"']+@")
+
+# Live secrets (tokens as they are issued, configured client secrets and passwords): masked
+# wherever they appear, whatever surrounds them. Secrets shorter than this are not registered,
+# so that a one-character "secret" cannot mask every line.
+_MIN_SECRET_LENGTH = 6
+_live_secrets: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember `value` as a secret: `redact` masks it from now on, in every log line and in
+    every dead-letter message. Called with each token as it is issued and with configured
+    secrets at start. Idempotent; the set is process-wide and small (one entry per token)."""
+    if value and len(value) >= _MIN_SECRET_LENGTH:
+        _live_secrets.add(value)
+
+
 def redact(text: str) -> str:
-    """Mask bearer tokens and `secret=value` pairs in free text."""
+    """Mask live secrets, bearer tokens, URL userinfo and `secret=value` pairs in free text."""
+    for secret in _live_secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    text = _URL_USERINFO.sub(lambda m: f"{m.group(1)}***@", text)
     text = _SECRET_PATTERNS[0].sub(lambda m: f"{m.group(1)} ***", text)
     return _SECRET_PATTERNS[1].sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
 
