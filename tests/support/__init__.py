@@ -1,0 +1,1 @@
+"""Plain modules the suites share: emulator runners, hostile APIs, the CDC upstream."""
