@@ -1,0 +1,118 @@
+"""Mappings: expressions compiled once, Debezium's logical types converted, failures named."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from connector.mapping import MappingFailed, compile_mapping, convert, schema_conversions
+
+ROW = {
+    "bldg_no": "B-11",
+    "bldg_name": "Tower A",
+    "site_no": "S-1",
+    "built_at": 946684799123456,
+    "area": "AeI6",
+    "addr": {"city": "Berlin"},
+    "status": "active",
+}
+
+
+def test_plain_and_nested_paths_and_expressions_map_a_row() -> None:
+    mapping = compile_mapping(
+        entity="building",
+        id_template="bldg_no",
+        fields={"name": "bldg_name", "siteId": "site_no", "city": "addr.city",
+                "label": "join(' / ', [site_no, bldg_name])"},
+        constants={"country": "DE"},
+    )  # fmt: skip
+    assert mapping.external_id(ROW) == "B-11"
+    assert mapping.record(ROW, {}) == {
+        "country": "DE", "name": "Tower A", "siteId": "S-1", "city": "Berlin",
+        "label": "S-1 / Tower A",
+    }  # fmt: skip
+
+
+def test_a_template_makes_the_id_from_several_fields_and_names_a_missing_one() -> None:
+    mapping = compile_mapping(entity="building", id_template="{site_no}-{bldg_no}", fields={})
+    assert mapping.external_id(ROW) == "S-1-B-11"
+    failed = mapping.external_id({"site_no": "S-1"})
+    assert isinstance(failed, MappingFailed)
+    assert str(failed) == "id: '{site_no}-{bldg_no}': bldg_no is missing or empty"
+
+
+def test_every_bad_expression_is_reported_at_once() -> None:
+    with pytest.raises(ValueError, match=r"fields\.name") as caught:
+        compile_mapping(
+            entity="building", id_template="{}", filter_expression="status ==",
+            fields={"name": "bldg_name[", "validFrom": {"expr": "built_at", "convert": "epoch"}},
+        )  # fmt: skip
+    message = str(caught.value)
+    for part in ("fields.name", "fields.validFrom.convert", "filter", "id:"):
+        assert part in message
+
+
+def test_schema_logical_types_convert_the_columns_they_name() -> None:
+    schema = {
+        "type": "struct",
+        "fields": [
+            {"type": "string", "field": "bldg_no"},
+            {"type": "int64", "name": "io.debezium.time.MicroTimestamp", "field": "built_at"},
+            {"type": "bytes", "name": "org.apache.kafka.connect.data.Decimal",
+             "parameters": {"scale": "2"}, "field": "area"},
+        ],
+    }  # fmt: skip
+    conversions = schema_conversions(schema)
+    mapping = compile_mapping(
+        entity="building", id_template="bldg_no",
+        fields={"validFrom": "built_at", "area": "area"},
+    )  # fmt: skip
+    assert mapping.record(ROW, conversions) == {
+        "validFrom": "1999-12-31T23:59:59.123Z",
+        "area": 1234.5,
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "how", "expected"),
+    [
+        (19000, "date", "2022-01-08T00:00:00Z"),
+        (1_700_000_000_000, "timestamp", "2023-11-14T22:13:20Z"),
+        (1_700_000_000_123_456, "micro_timestamp", "2023-11-14T22:13:20.123Z"),
+        (1_700_000_000_123_456_789, "nano_timestamp", "2023-11-14T22:13:20.123Z"),
+        ("2023-11-14T23:13:20+01:00", "zoned_timestamp", "2023-11-14T22:13:20Z"),
+        (base64.b64encode((-12345).to_bytes(2, "big", signed=True)).decode(), "decimal", -123.45),
+        (None, "date", None),
+    ],
+)
+def test_conversions(value: object, how: str, expected: object) -> None:
+    scale = 2 if how == "decimal" else 0
+    assert convert(value, how, scale=scale) == expected
+
+
+def test_a_decimal_a_float_cannot_hold_stays_exact_as_text() -> None:
+    digits = 123456789012345678901234567890
+    raw = base64.b64encode(digits.to_bytes(13, "big", signed=True)).decode()
+    assert convert(raw, "decimal", scale=2) == "1234567890123456789012345678.90"
+
+
+def test_a_value_that_does_not_convert_is_a_named_failure() -> None:
+    mapping = compile_mapping(
+        entity="building", id_template="bldg_no",
+        fields={"validFrom": {"expr": "bldg_name", "convert": "timestamp"}},
+    )  # fmt: skip
+    failed = mapping.record(ROW, {})
+    assert isinstance(failed, MappingFailed)
+    assert failed.field == "validFrom"
+    assert failed.expression == "bldg_name"
+    assert "expects an integer" in failed.message
+
+
+def test_the_filter_keeps_or_drops_a_row() -> None:
+    mapping = compile_mapping(
+        entity="building", id_template="bldg_no", fields={},
+        filter_expression="status == 'active'",
+    )  # fmt: skip
+    assert mapping.keep(ROW) is True
+    assert mapping.keep({**ROW, "status": "draft"}) is False
