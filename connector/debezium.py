@@ -1,0 +1,171 @@
+"""Debezium as it really is: struct keys, schema wrappers, envelopes and flattened rows.
+
+Reads the shapes Debezium and Kafka Connect put on a topic, so decoding can treat them as
+changes of one row:
+- keys: a JSON struct (`{"bldg_no": "B-11"}`), the same inside JsonConverter's
+  `{"schema": …, "payload": …}` wrapper, Connect's StringConverter text (`Struct{bldg_no=B-11}`),
+  or a plain string;
+- values: the change envelope (`op`, `before`, `after`, `source`), with or without the wrapper,
+  and `ExtractNewRecordState`'s flat rows with `__deleted` / `__op` / `__table`;
+- `op`: c and r (snapshot) -> Added, u -> Updated, d -> Deleted, t (truncate) and m (message)
+  -> no row change (`Row.kind` None).
+
+Owns recognising these shapes. Must not: decide what a change means for the platform (that is
+`decode`'s and the mapping's), do I/O, or raise for bad input.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+__all__ = ["OPS", "Key", "Row", "parse_key", "read_row"]
+
+Kind = Literal["Added", "Updated", "Deleted"]
+
+# Debezium operations; a value of None changes no row
+OPS: dict[str, Kind | None] = {
+    "c": "Added",
+    "r": "Added",
+    "u": "Updated",
+    "d": "Deleted",
+    "t": None,
+    "m": None,
+}
+
+_STRUCT_TEXT = re.compile(r"^Struct\{(.*)\}$", re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """A record's key: `text` for a plain string key, `fields` for a struct key."""
+
+    text: str | None = None
+    fields: dict[str, Any] | None = None
+
+    def single(self) -> str | None:
+        """The key as one ID: the plain string, or the only field of a one-field struct."""
+        if self.text is not None:
+            return self.text
+        if self.fields is not None and len(self.fields) == 1:
+            (value,) = self.fields.values()
+            if isinstance(value, str):
+                return value
+            if isinstance(value, int) and not isinstance(value, bool):
+                return str(value)
+        return None
+
+    @property
+    def is_struct(self) -> bool:
+        return self.fields is not None
+
+
+def parse_key(raw: bytes | None) -> Key | None:
+    """The key of a record (None when it has none, or it is not text, or a JSON array)."""
+    if not raw:
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if text.startswith("["):
+        return None
+    if text.startswith("{"):
+        return _json_key(raw, text)
+    struct = _STRUCT_TEXT.match(text)
+    if struct:
+        return Key(fields=_struct_text_fields(struct.group(1)))
+    return Key(text=text)
+
+
+def _json_key(raw: bytes, text: str) -> Key:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return Key(text=text)
+    if not isinstance(obj, dict):
+        return Key(text=text)
+    if "schema" in obj and "payload" in obj:
+        wrapped = obj["payload"]
+        if isinstance(wrapped, dict):
+            return Key(fields=wrapped)
+        if wrapped is not None:
+            return Key(text=str(wrapped))  # a primitive key with its schema
+    return Key(fields=obj)
+
+
+def _struct_text_fields(body: str) -> dict[str, Any]:
+    """`floorId=F-31,buildingId=B-1` -> fields (StringConverter's rendering of a Struct)."""
+    fields: dict[str, Any] = {}
+    for part in body.split(","):
+        name, sep, value = part.partition("=")
+        if sep:
+            fields[name.strip()] = value
+    return fields
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One row change read from a value.
+
+    `kind` is None for an operation that changes no row (truncate, message) and for an
+    unknown `op` (`op not in OPS`: the caller rejects it). `row` is the
+    state after (or, for a delete, before) the change; `schema` is the row's Connect schema
+    when the value carried one; `table` comes from `source.table` or `__table`.
+    """
+
+    op: str
+    kind: Kind | None
+    row: dict[str, Any] | None
+    table: str | None
+    schema: Any
+    snapshot: bool
+
+
+def read_row(obj: dict[str, Any]) -> Row | None:
+    """The row change `obj` stands for, or None when it is not a Debezium shape.
+
+    `obj` is a decoded JSON object; the `{"schema", "payload"}` wrapper is removed here.
+    """
+    schema: Any = None
+    body = obj
+    wrapped = obj.get("payload")
+    if "schema" in obj and isinstance(wrapped, dict):
+        schema, body = obj.get("schema"), wrapped
+    op = body.get("op")
+    if isinstance(op, str) and any(k in body for k in ("after", "before", "source")):
+        return _envelope(op, body, schema)
+    if "__deleted" in body or "__op" in body:
+        return _flat(body, schema)
+    if schema is not None:
+        # a flattened row inside the wrapper, without the __ fields: an upsert of the row
+        return Row("u", "Updated", dict(body), None, schema, snapshot=False)
+    return None
+
+
+def _envelope(op: str, body: dict[str, Any], schema: Any) -> Row:
+    kind = OPS.get(op)
+    source = body.get("source")
+    table = source.get("table") if isinstance(source, dict) else None
+    snapshot = isinstance(source, dict) and source.get("snapshot") not in (None, False, "false")
+    side = body.get("before" if kind == "Deleted" else "after")
+    return Row(
+        op, kind, dict(side) if isinstance(side, dict) else None,
+        table if isinstance(table, str) else None, schema, snapshot=bool(snapshot) or op == "r",
+    )  # fmt: skip
+
+
+def _flat(body: dict[str, Any], schema: Any) -> Row:
+    row = {k: v for k, v in body.items() if not k.startswith("__")}
+    deleted = str(body.get("__deleted", "false")).lower() == "true"
+    op = body.get("__op")
+    op_text = op if isinstance(op, str) else ("d" if deleted else "u")
+    kind: Kind | None = "Deleted" if deleted else OPS.get(op_text, "Updated")
+    table = body.get("__table")
+    return Row(
+        op_text, kind, row, table if isinstance(table, str) else None, schema,
+        snapshot=op_text == "r",
+    )  # fmt: skip
