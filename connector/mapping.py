@@ -64,8 +64,8 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def _iso(moment: dt.datetime) -> str:
-    text = moment.isoformat(timespec="milliseconds" if moment.microsecond else "seconds")
-    return text.replace("+00:00", "Z")
+    """The platform's date-time form, `yyyy-mm-ddThh:mm:ssZ` (it documents no fractions)."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _number(value: decimal.Decimal) -> float | str:
@@ -78,7 +78,8 @@ def convert(value: Any, how: str, *, scale: int = 0) -> Any:  # noqa: PLR0911 - 
     """Convert one Debezium-encoded value; raises ValueError/TypeError with a readable message.
 
     date: epoch days -> `YYYY-MM-DDT00:00:00Z`; timestamp / micro / nano: epoch ms / µs / ns
-    -> ISO-8601 UTC; zoned_timestamp: an ISO string -> normalised to UTC; decimal: Connect's
+    -> `yyyy-mm-ddThh:mm:ssZ` (seconds: the platform's documented form); zoned_timestamp:
+    an ISO string -> the same, in UTC; decimal: Connect's
     base64 big-endian unscaled bytes (with `scale`) or a number/string -> a JSON number.
     `None` stays `None`.
     """

@@ -69,7 +69,7 @@ def test_schema_logical_types_convert_the_columns_they_name() -> None:
         fields={"validFrom": "built_at", "area": "area"},
     )  # fmt: skip
     assert mapping.record(ROW, conversions) == {
-        "validFrom": "1999-12-31T23:59:59.123Z",
+        "validFrom": "1999-12-31T23:59:59Z",
         "area": 1234.5,
     }
 
@@ -79,8 +79,8 @@ def test_schema_logical_types_convert_the_columns_they_name() -> None:
     [
         (19000, "date", "2022-01-08T00:00:00Z"),
         (1_700_000_000_000, "timestamp", "2023-11-14T22:13:20Z"),
-        (1_700_000_000_123_456, "micro_timestamp", "2023-11-14T22:13:20.123Z"),
-        (1_700_000_000_123_456_789, "nano_timestamp", "2023-11-14T22:13:20.123Z"),
+        (1_700_000_000_123_456, "micro_timestamp", "2023-11-14T22:13:20Z"),
+        (1_700_000_000_123_456_789, "nano_timestamp", "2023-11-14T22:13:20Z"),
         ("2023-11-14T23:13:20+01:00", "zoned_timestamp", "2023-11-14T22:13:20Z"),
         (base64.b64encode((-12345).to_bytes(2, "big", signed=True)).decode(), "decimal", -123.45),
         (None, "date", None),
