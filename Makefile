@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv kafka-jars lint test test-fast demo bench soak clean
+.PHONY: help venv kafka-jars connect-jars lint test test-fast demo bench soak clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -23,12 +23,15 @@ kafka-jars: $(STAMP)  ## resolve the Kafka broker jars from Maven Central (skipp
 	@if [ -n "$$KAFKA_BOOTSTRAP" ]; then echo "using the broker at $$KAFKA_BOOTSTRAP"; \
 	else $(BIN)/python -m connector.devbroker resolve >/dev/null; fi
 
+connect-jars: $(STAMP)  ## resolve Kafka Connect + Debezium jars from Maven Central (for the CDC tests)
+	@$(BIN)/python -c 'from tests.support.cdc import resolve_connect_jars; resolve_connect_jars()'
+
 lint: $(STAMP)  ## ruff (lint + format check) and mypy --strict
 	$(BIN)/ruff check connector tests bench
 	$(BIN)/ruff format --check connector tests bench
 	$(BIN)/mypy
 
-test: lint kafka-jars  ## lint, type-check, then the whole suite against a real Kafka broker
+test: lint kafka-jars connect-jars  ## lint, type-check, then the whole suite against a real Kafka broker
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)  ## only the tests that need no Kafka broker
@@ -37,7 +40,7 @@ test-fast: $(STAMP)  ## only the tests that need no Kafka broker
 demo: $(STAMP)  ## broker + emulator + sample events + connector, live progress; Ctrl-C stops
 	$(BIN)/python -m connector.demo
 
-bench: kafka-jars  ## throughput, budget, latency and memory against DESIGN §5; writes bench-report.json
+bench: kafka-jars  ## throughput, budget, latency and memory against docs/design.md §5; writes bench-report.json
 	$(BIN)/python -m bench.run --out bench-report.json
 
 soak: kafka-jars  ## 30 minutes of mixed faults against the connector; writes soak-report.json
