@@ -1,7 +1,7 @@
 """An emulator of the BIMlink (BIMcollab Twin) Public API and its IdentityServer-style auth server.
 
 Owns the HTTP surface of one emulated BIMlink installation, behaving as the public quickstart
-(`seeds/003_*`, `reference/building-apis.md` §3) describes, with the undocumented details
+describes, with the undocumented details
 inferred (docs/bimlink.md lists them), plus the admin API and the command line. The rules live
 beside it: OAuth2 (`bimlink_auth`) and the data with its per-user visibility
 (`bimlink_data`). Faults and the rolling-window rate limit are the BuildingMinds emulator's

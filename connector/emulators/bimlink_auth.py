@@ -1,8 +1,8 @@
 """The BIMlink emulator's IdentityServer: authorization codes with PKCE, JWT-shaped access
 tokens, rotating refresh tokens with a sliding lifetime.
 
-Owns the OAuth2 rules of the emulated auth server (`seeds/003_*`, `reference/building-apis.md`
-§3): `GET /connect/authorize` decisions (which redirect, or which error page when no redirect
+Owns the OAuth2 rules of the emulated auth server (as BIMlink's public quickstart gives them):
+`GET /connect/authorize` decisions (which redirect, or which error page when no redirect
 can be trusted) and `POST /connect/token` for the `authorization_code` and `refresh_token`
 grants, with OAuth2 errors `{error, error_description}`. What the public documentation does not
 say is modelled on IdentityServer's defaults (inferred): codes live 300 s and are single use,
@@ -15,7 +15,6 @@ Must not: know about HTTP (the caller turns results into responses), read the cl
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import secrets
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlencode
 
-import orjson
+from connector.emulators.jwt import JwtSigner, b64url
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -42,11 +41,6 @@ API_SCOPE: Final = "bimlink_publicapi"
 OFFLINE_SCOPE: Final = "offline_access"
 KNOWN_SCOPES: Final = frozenset({API_SCOPE, OFFLINE_SCOPE, "openid", "email"})
 ISSUER: Final = "https://api.bimlink.nl"
-
-
-def b64url(data: bytes) -> str:
-    """Base64url without padding, as JWTs and PKCE use it."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +125,7 @@ class AuthServer:
         self.code_lifetime = code_lifetime
         self._wall = wall
         self._emails = dict(emails or {})
-        self._key = secrets.token_bytes(32)
+        self._signer = JwtSigner()
         self._codes: dict[str, _Code] = {}
         self._access: dict[str, AccessGrant] = {}
         self._refresh: dict[str, _Refresh] = {}
@@ -286,11 +280,7 @@ class AuthServer:
         return serial
 
     def _jwt(self, claims: dict[str, Any]) -> str:
-        header = b64url(orjson.dumps({"alg": "HS256", "kid": "emulator", "typ": "JWT"}))
-        payload = b64url(orjson.dumps(claims))
-        signing_input = f"{header}.{payload}".encode()
-        signature = b64url(hmac.new(self._key, signing_input, hashlib.sha256).digest())
-        return f"{header}.{payload}.{signature}"
+        return self._signer.sign(claims)
 
     # -- the API's view ------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """An emulator of the Bimplus API v2, its Keycloak-style OIDC server and its legacy login.
 
 Owns the HTTP surface of one emulated Bimplus installation, behaving as the public
-documentation describes it (`seeds/004_*`, `reference/building-apis.md` §4) and, where that is
+documentation describes it and, where that is
 silent, as documented in docs/bimplus.md ("inferred"), plus the admin API and the command
 line. Data, credentials and tokens live in `bimplus_state`; the fault profiles, the rolling
 rate window and the request log are the BuildingMinds emulator's (`buildingminds_faults`,
@@ -14,8 +14,13 @@ comes from the injected `clock`), or start tasks of its own.
 
 URLs
     GET  /v2/.well-known/openid-configuration          OIDC discovery (also under the realm)
-    POST /realms/bimplus/protocol/openid-connect/token  client_credentials | password (form)
+    POST /realms/bimplus/protocol/openid-connect/token  client_credentials | password |
+                                                        refresh_token (form)
+    GET|POST /realms/bimplus/protocol/openid-connect/userinfo   {sub, preferred_username,
+                                                        email (users)} for an OIDC token
+    POST /realms/bimplus/protocol/openid-connect/revoke token= (RFC 7009): 200, empty
     GET  /realms/bimplus/protocol/openid-connect/certs  {"keys": []} (HS256, not published)
+    GET  /realms/bimplus/protocol/openid-connect/auth   400: no browser login
     POST /v2/authorize                                  legacy login (JSON) -> BimPlus token
     GET  /v2/teams | /v2/teams/{slug}                   the user's teams
     GET  /v2/{team}/projects | /v2/{team}/projects/{id}
@@ -31,11 +36,15 @@ URLs
     PATCH|DELETE /_emulator/projects/{id}/nodes/{node}  PATCH {name, type, attributes, bump}
 
 Responses
-    token 200   {"access_token": "<JWT>", "expires_in", "refresh_expires_in": 0,
-                 "token_type": "Bearer", "not-before-policy": 0, "scope"}
+    token 200   {"access_token": "<JWT>", "expires_in", "refresh_expires_in",
+                 "refresh_token"?, "token_type": "Bearer", "id_token": "<JWT>",
+                 "not-before-policy": 0, "scope"}; a refresh token for the password grant
+                 (offline with scope offline_access: refresh_expires_in 0) and the
+                 refresh_token grant, none for client_credentials (refresh_expires_in 0)
     token 4xx   Keycloak's {"error", "error_description"}: 400 invalid_request,
-                 unauthorized_client, unsupported_grant_type; 401 invalid_client,
-                 invalid_grant; outage 503 temporarily_unavailable
+                 unauthorized_client, unsupported_grant_type, invalid_grant (a refresh
+                 token unknown, expired, revoked or another client's); 401 invalid_client,
+                 invalid_grant (user or password); outage 503 temporarily_unavailable
     authorize   200 {"access_token", "expires_in", "client_id", "token_type": "BimPlus"};
                  400 invalid_request (a mandatory field missing), invalid_client (unknown
                  application_id); 401 invalid_grant (user or password) (inferred shapes)
@@ -199,14 +208,21 @@ async def _discovery(request: web.Request) -> web.StreamResponse:
             "authorization_endpoint": f"{oidc}/auth",
             "token_endpoint": f"{oidc}/token",
             "userinfo_endpoint": f"{oidc}/userinfo",
-            "end_session_endpoint": f"{oidc}/logout",
+            "revocation_endpoint": f"{oidc}/revoke",
             "jwks_uri": f"{oidc}/certs",
-            "grant_types_supported": ["authorization_code", "client_credentials", "password"],
+            # What the token endpoint grants; no authorization_code, as there is no browser
+            # login (`authorization_endpoint`, which discovery requires, answers an error).
+            "grant_types_supported": ["client_credentials", "password", "refresh_token"],
             "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["HS256"],
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-            "scopes_supported": ["openid", "profile", "email"],
+            "revocation_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "client_secret_post",
+            ],
+            "scopes_supported": ["openid", "offline_access", "profile", "email"],
+            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "preferred_username", "email"],
         }
     )
 
@@ -232,17 +248,48 @@ async def _token(request: web.Request) -> web.StreamResponse:
     granted = state.oidc_grant(form, basic, state.clock(), issuer=_origin(request) + REALM_PREFIX)
     if isinstance(granted, AuthProblem):
         return _oauth_error(granted)
-    token, _, scope = granted
-    return _json(
+    body: dict[str, Any] = {
+        "access_token": granted.access_token,
+        "expires_in": state.options.token_lifetime_seconds,
+        "refresh_expires_in": granted.refresh_expires_in,
+    }
+    if granted.refresh_token is not None:
+        body["refresh_token"] = granted.refresh_token
+    body.update(
         {
-            "access_token": token,
-            "expires_in": state.options.token_lifetime_seconds,
-            "refresh_expires_in": 0,
             "token_type": "Bearer",
+            "id_token": granted.id_token,
             "not-before-policy": 0,
-            "scope": scope,
+            "scope": granted.scope,
         }
     )
+    return _json(body)
+
+
+async def _revoke(request: web.Request) -> web.StreamResponse:
+    """RFC 7009 token revocation: 200 with an empty body, whether the token was live or not."""
+    state = request.app[BIMPLUS_KEY]
+    posted = await request.post()
+    form = {k: v for k, v in posted.items() if isinstance(v, str)}
+    basic = basic_credentials(request.headers.get("Authorization"))
+    request[_ENTRY].client_id = basic[0] if basic else form.get("client_id")
+    problem = state.revoke(form, basic)
+    return web.Response(status=200) if problem is None else _oauth_error(problem)
+
+
+async def _userinfo(request: web.Request) -> web.StreamResponse:
+    """OIDC UserInfo (GET or POST) for an OIDC access token; Keycloak's 401 otherwise."""
+    state = request.app[BIMPLUS_KEY]
+    claims = state.userinfo(request.headers.get("Authorization"), state.clock())
+    if isinstance(claims, str):
+        challenge = f'Bearer realm="{REALM}", error="invalid_token", error_description="{claims}"'
+        return _json(
+            {"error": "invalid_token", "error_description": claims},
+            401,
+            {"WWW-Authenticate": challenge},
+        )
+    request[_ENTRY].client_id = claims["sub"]
+    return _json(claims)
 
 
 async def _authorize(request: web.Request) -> web.StreamResponse:
@@ -521,6 +568,9 @@ def create_app(
     router.add_get(f"{REALM_PREFIX}/.well-known/openid-configuration", _discovery)
     router.add_post(f"{OIDC_PREFIX}/token", _token)
     router.add_get(f"{OIDC_PREFIX}/certs", _certs)
+    router.add_get(f"{OIDC_PREFIX}/userinfo", _userinfo)
+    router.add_post(f"{OIDC_PREFIX}/revoke", _revoke)
+    router.add_post(f"{OIDC_PREFIX}/userinfo", _userinfo)
     router.add_get(f"{OIDC_PREFIX}/auth", _browser_login)
     router.add_post(AUTHORIZE_PATH, _authorize)
     router.add_get(f"{API_PREFIX}/teams", _teams)
@@ -567,6 +617,14 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"demo projects in the demo team (default: {defaults.projects})",
     )
     group.add_argument(
+        "--refresh-token-lifetime",
+        type=int,
+        default=defaults.refresh_token_lifetime_seconds,
+        metavar="SECONDS",
+        help="lifetime of refresh tokens of the password grant; offline ones (scope "
+        f"offline_access) last 30 days (default: {defaults.refresh_token_lifetime_seconds})",
+    )
+    group.add_argument(
         "--legacy-lifetime",
         type=int,
         default=defaults.legacy_lifetime_seconds,
@@ -582,6 +640,7 @@ def options_from_args(args: argparse.Namespace) -> BimplusOptions:
         return BimplusOptions(
             **shared_options(args),
             legacy_lifetime_seconds=args.legacy_lifetime,
+            refresh_token_lifetime_seconds=args.refresh_token_lifetime,
             projects=args.projects,
         )
 

@@ -2,7 +2,8 @@
 
 Owns `BimplusOptions` (validated once), the data of the emulated tenants (teams, their projects
 and each project's topology tree), the OIDC (Keycloak) and legacy (`POST /v2/authorize`)
-credential checks with the tokens they issue, and `BimplusState`, which ties them to the rate
+credential checks with the tokens they issue (OIDC: JWT access and ID tokens, refresh tokens
+and their grant, revocation, userinfo), and `BimplusState`, which ties them to the rate
 limiter, fault injector and request log reused from the BuildingMinds emulator
 (`buildingminds_auth.RateLimiter`, `buildingminds_faults.FaultInjector`,
 `buildingminds_state.LogEntry`). Reachable as `app[BIMPLUS_KEY]`.
@@ -13,8 +14,6 @@ into Keycloak's error JSON), read the clock itself (methods take `now`), or prin
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import random
 import secrets
@@ -25,12 +24,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-import orjson
 from aiohttp import web
 
 from connector.emulators.buildingminds_auth import RateLimiter
 from connector.emulators.buildingminds_faults import FaultInjector, FaultSettings
 from connector.emulators.buildingminds_state import REQUEST_LOG_SIZE, LogEntry
+from connector.emulators.jwt import JwtSigner
 from connector.logs import get_logger
 
 if TYPE_CHECKING:
@@ -51,6 +50,7 @@ __all__ = [
     "BimplusState",
     "Issued",
     "Node",
+    "OidcTokens",
     "Project",
     "Team",
 ]
@@ -66,8 +66,10 @@ PUBLIC_CLIENT_ID: Final = "bimplus-web"  # a browser client: no secret, no servi
 DEMO_APPLICATION_ID: Final = "6C12345D9B0C4F3C23ABB5721D098F7B"  # the seed's example
 DEMO_TEAM: Final = "bimplus-demo"
 
-LEGACY_LIFETIME: Final = 7200  # 2 h (reference §4)
+LEGACY_LIFETIME: Final = 7200  # 2 h, the authorization service's default validity
 REMEMBER_ME_LIFETIME: Final = 28 * 24 * 3600  # "about 4 weeks"
+OFFLINE_SCOPE: Final = "offline_access"
+OFFLINE_LIFETIME: Final = 30 * 24 * 3600  # Keycloak's default offline session idle time
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class BimplusOptions:
     rate_limit_requests: int = 100
     rate_limit_seconds: float = 60.0
     token_lifetime_seconds: int = 300  # Keycloak's default access-token lifespan
+    refresh_token_lifetime_seconds: int = 1800  # Keycloak's default SSO session idle time
     legacy_lifetime_seconds: int = LEGACY_LIFETIME
     projects: int = 2  # demo projects generated in the demo team
     fault_profile: str = "none"
@@ -87,7 +90,12 @@ class BimplusOptions:
     def __post_init__(self) -> None:
         if self.rate_limit_requests <= 0 or self.rate_limit_seconds <= 0:
             raise ValueError("the rate limit needs positive requests and seconds")
-        if self.token_lifetime_seconds <= 0 or self.legacy_lifetime_seconds <= 0:
+        lifetimes = (
+            self.token_lifetime_seconds,
+            self.legacy_lifetime_seconds,
+            self.refresh_token_lifetime_seconds,
+        )
+        if min(lifetimes) <= 0:
             raise ValueError("token lifetimes must be positive")
         if self.projects < 0:
             raise ValueError("projects must not be negative")
@@ -184,6 +192,31 @@ class Issued:
 
 
 @dataclass(frozen=True, slots=True)
+class _Refresh:
+    """What a refresh token stands for; `offline` for one issued for `offline_access`."""
+
+    subject: str
+    client_id: str
+    scope: str
+    offline: bool
+    expires_at: float
+    serial: int
+
+
+@dataclass(frozen=True, slots=True)
+class OidcTokens:
+    """A granted OIDC token request: the tokens (refresh token None when the grant gives none),
+    what the access token stands for, and the numbers of Keycloak's token response."""
+
+    access_token: str = field(repr=False)
+    id_token: str = field(repr=False)
+    refresh_token: str | None = field(repr=False)
+    refresh_expires_in: int  # 0: no refresh token, or an offline one (no fixed end)
+    issued: Issued
+    scope: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Client:
     client_id: str
     secret: str | None  # None: a public client
@@ -205,10 +238,6 @@ _INVALID_CLIENT = AuthProblem("invalid_client", "Invalid client or Invalid clien
 _INVALID_USER = AuthProblem("invalid_grant", "Invalid user credentials", 401)
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def _same(given: str | None, expected: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
 
@@ -228,22 +257,23 @@ class BimplusState:
     faults: FaultInjector = field(init=False)
     requests: deque[LogEntry] = field(init=False)
     _tokens: dict[str, Issued] = field(init=False)
+    _refresh: dict[str, _Refresh] = field(init=False)
     _legacy_sessions: dict[tuple[str, str], str] = field(init=False)
     _serial: int = field(init=False, default=0)
-    _key: bytes = field(init=False)
+    _signer: JwtSigner = field(init=False)
     _epoch: float = field(init=False)
     _rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
         options = self.options
         self._epoch = time.time() - self.clock()
-        self._key = secrets.token_bytes(32)
+        self._signer = JwtSigner()
         # Reproducible demo data, not security: a seeded PRNG is the point.
         self._rng = random.Random(options.seed)  # noqa: S311
         self.limiter = RateLimiter(options.rate_limit_requests, options.rate_limit_seconds)
         self.faults = FaultInjector(options.fault_settings(), seed=options.seed, now=self.clock())
         self.requests = deque(maxlen=REQUEST_LOG_SIZE)
-        self._tokens, self._legacy_sessions = {}, {}
+        self._tokens, self._refresh, self._legacy_sessions = {}, {}, {}
         self.teams = {DEMO_TEAM: Team(self.new_id(), DEMO_TEAM, "Bimplus Demo")}
         self.projects = {}
         for index in range(1, options.projects + 1):
@@ -326,8 +356,14 @@ class BimplusState:
     # -- the OIDC server, Keycloak style
     def oidc_grant(
         self, form: Mapping[str, str], basic: tuple[str, str] | None, now: float, *, issuer: str
-    ) -> tuple[str, Issued, str] | AuthProblem:
-        """Check a token request as Keycloak does: the token, what it stands for, its scope."""
+    ) -> OidcTokens | AuthProblem:
+        """Check a token request as Keycloak does (client first, then the grant); the tokens.
+
+        `client_credentials` gives no refresh token (Keycloak's default, and RFC 6749 §4.4.3);
+        `password` gives one, an offline one when the scope asks for `offline_access`;
+        `refresh_token` gives new tokens for a refresh token of the same client, which stays
+        usable until it expires (Keycloak's default: refresh tokens are not revoked on use).
+        """
         grant_type = form.get("grant_type")
         if not grant_type:
             return AuthProblem("invalid_request", "Missing form parameter: grant_type")
@@ -336,13 +372,16 @@ class BimplusState:
         client = _CLIENTS.get(client_id or "")
         if client is None or (client.secret is not None and not _same(secret, client.secret)):
             return _INVALID_CLIENT
+        if grant_type == "refresh_token":
+            return self._use_refresh(form, client, now, issuer)
         subject = self._subject(client, grant_type, form)
         if isinstance(subject, AuthProblem):
             return subject
         scope = " ".join(dict.fromkeys(["openid", *form.get("scope", "").split()]))
-        lifetime = self.options.token_lifetime_seconds
-        issued = self._issue("oidc", subject, client.client_id, lifetime, now)
-        return self._jwt(issued, scope, issuer), issued, scope
+        refresh = None
+        if grant_type == "password":
+            refresh = (OFFLINE_SCOPE in scope.split(), scope)
+        return self._tokens_for(subject, client.client_id, scope, refresh, now=now, issuer=issuer)
 
     @staticmethod
     def _subject(client: _Client, grant_type: str, form: Mapping[str, str]) -> str | AuthProblem:
@@ -362,6 +401,51 @@ class BimplusState:
             return user
         return AuthProblem("unsupported_grant_type", "Unsupported grant_type")
 
+    def _use_refresh(
+        self, form: Mapping[str, str], client: _Client, now: float, issuer: str
+    ) -> OidcTokens | AuthProblem:
+        handle = form.get("refresh_token")
+        if not handle:
+            return AuthProblem("invalid_request", "Missing parameter: refresh_token")
+        grant = self._refresh.get(handle)
+        if grant is None:
+            return AuthProblem("invalid_grant", "Invalid refresh token")
+        if grant.client_id != client.client_id:
+            return AuthProblem(
+                "invalid_grant", "Invalid refresh token. Token client and authorized client "
+                "don't match",
+            )  # fmt: skip
+        if now >= grant.expires_at or self.faults.token_revoked(grant.serial, now):
+            return AuthProblem("invalid_grant", "Token is not active")
+        refresh = (grant.offline, grant.scope)
+        return self._tokens_for(
+            grant.subject, grant.client_id, grant.scope, refresh, now=now, issuer=issuer
+        )
+
+    def _tokens_for(
+        self, subject: str, client_id: str, scope: str, refresh: tuple[bool, str] | None,
+        *, now: float, issuer: str,
+    ) -> OidcTokens:  # fmt: skip
+        """Access and ID token, and a refresh token when `refresh` is (offline, scope)."""
+        lifetime = self.options.token_lifetime_seconds
+        issued = self._issue("oidc", subject, client_id, lifetime, now)
+        access = self._jwt(issued, scope, issuer)
+        self._tokens[access] = issued
+        id_token = self._signer.sign(
+            {**self._times(now, lifetime), "iss": issuer, "aud": client_id, "sub": subject,
+             "typ": "ID", "azp": client_id}
+        )  # fmt: skip
+        handle, refresh_expires_in = None, 0
+        if refresh is not None:
+            offline, granted = refresh
+            span = OFFLINE_LIFETIME if offline else self.options.refresh_token_lifetime_seconds
+            handle = secrets.token_urlsafe(32)
+            self._refresh[handle] = _Refresh(
+                subject, client_id, granted, offline, now + span, issued.serial
+            )
+            refresh_expires_in = 0 if offline else span
+        return OidcTokens(access, id_token, handle, refresh_expires_in, issued, scope)
+
     def _issue(
         self, kind: Literal["oidc", "legacy"], subject: str, client_id: str, lifetime: int,
         now: float,
@@ -371,20 +455,48 @@ class BimplusState:
         self._serial += 1
         return issued
 
+    def _times(self, now: float, lifetime: int) -> dict[str, int]:
+        return {"exp": self.wall(now + lifetime), "iat": self.wall(now)}
+
     def _jwt(self, issued: Issued, scope: str, issuer: str) -> str:
-        """A JWT-shaped access token (HS256 with the emulator's own key); also registered."""
-        header = {"alg": "HS256", "typ": "JWT", "kid": "emulator"}
-        claims = {
-            "exp": self.wall(issued.expires_at),
-            "iat": self.wall(issued.expires_at - self.options.token_lifetime_seconds),
-            "jti": str(uuid.uuid4()), "iss": issuer, "aud": "account",
-            "sub": issued.subject, "typ": "Bearer", "azp": issued.client_id, "scope": scope,
-        }  # fmt: skip
-        signing = ".".join(_b64(orjson.dumps(part)) for part in (header, claims))
-        signature = hmac.new(self._key, signing.encode(), hashlib.sha256).digest()
-        token = f"{signing}.{_b64(signature)}"
-        self._tokens[token] = issued
-        return token
+        """A JWT access token (HS256 with the emulator's own key)."""
+        lifetime = self.options.token_lifetime_seconds
+        return self._signer.sign(
+            {**self._times(issued.expires_at - lifetime, lifetime), "jti": str(uuid.uuid4()),
+             "iss": issuer, "aud": "account", "sub": issued.subject, "typ": "Bearer",
+             "azp": issued.client_id, "scope": scope}
+        )  # fmt: skip
+
+    def revoke(self, form: Mapping[str, str], basic: tuple[str, str] | None) -> AuthProblem | None:
+        """RFC 7009 revocation of an access or refresh token of the authenticated client; None
+        when done. A token unknown, expired or another client's is no error (RFC 7009 §2.2),
+        and stays as it was."""
+        client_id = basic[0] if basic else form.get("client_id")
+        secret = basic[1] if basic else form.get("client_secret")
+        client = _CLIENTS.get(client_id or "")
+        if client is None or (client.secret is not None and not _same(secret, client.secret)):
+            return _INVALID_CLIENT
+        token = form.get("token")
+        if not token:
+            return AuthProblem("invalid_request", "Missing token parameter")
+        refresh = self._refresh.get(token)
+        if refresh is not None and refresh.client_id == client.client_id:
+            del self._refresh[token]
+        access = self._tokens.get(token)
+        if access is not None and access.kind == "oidc" and access.client_id == client.client_id:
+            del self._tokens[token]
+        return None
+
+    def userinfo(self, authorization: str | None, now: float) -> dict[str, str] | str:
+        """The claims of `GET|POST .../userinfo` for an OIDC access token, or why not."""
+        scheme, _, value = (authorization or "").partition(" ")
+        issued = self._tokens.get(value.strip()) if scheme.lower() == "bearer" else None
+        if issued is None or issued.kind != "oidc" or now >= issued.expires_at:
+            return "Token verification failed"
+        claims = {"sub": issued.subject, "preferred_username": issued.subject}
+        if issued.subject in _USERS:
+            claims["email"] = issued.subject  # the demo users sign in with their email address
+        return claims
 
     # -- the legacy authorization service
     def legacy_authorize(
@@ -439,9 +551,10 @@ class BimplusState:
         return issued  # the front door checks the revoked-tokens fault
 
     def _drop_expired(self, now: float) -> None:
-        expired = [t for t, info in self._tokens.items() if now >= info.expires_at]
-        for token in expired:
-            del self._tokens[token]
+        for store in (self._tokens, self._refresh):
+            expired = [t for t, info in store.items() if now >= info.expires_at]
+            for token in expired:
+                del store[token]
 
     # -- faults and reset
     def set_faults(self, settings: FaultSettings) -> None:

@@ -1,17 +1,20 @@
 """An emulator of the BuildingMinds Digital Twin Integration API and its Entra ID token endpoint.
 
 Owns the HTTP surface of one emulated tenant on one server, behaving as the platform documents
-(`seeds/000_*`, `seeds/001_*`, `reference/building-apis.md` §1A, §5), not as the connector
-would like, plus the admin API and the command line. The rules live beside it: entities
-(`buildingminds_model`), batches and the entity store (`buildingminds_ingest`), credentials,
-tokens and the rate budget (`buildingminds_auth`), faults (`buildingminds_faults`), and the
-options and state that tie them together (`buildingminds_state`).
+(its public Digital Twin Integration API and Entra ID documentation; docs/emulator.md says
+where we chose), not as the connector would like, plus the admin API and the command line.
+The rules live beside it: entities (`buildingminds_model`), batches and the entity store
+(`buildingminds_ingest`), credentials, tokens and the rate budget (`buildingminds_auth`),
+faults (`buildingminds_faults`), and the options and state that tie them together
+(`buildingminds_state`).
 
 Must not: reach the network beyond its own socket, read the wall clock for decisions (time
 comes from the injected `clock`), or start tasks of its own.
 
 URLs
-    POST /{tenant}/oauth2/v2.0/token                 Entra ID client credentials (any tenant)
+    POST /{tenant}/oauth2/v2.0/token                 Entra ID client credentials (the tenants
+                                                      of the options; default
+                                                      buildingminds.onmicrosoft.com)
     POST /api/digitaltwinintegration/{entity}         JSON array of records (see ENTITIES)
     GET  /api/digitaltwinintegration/batch            ?batchId&createdFrom&createdTo&createdAt
                                                       &skip&limit (dates yyyy-mm-dd)
@@ -19,14 +22,16 @@ URLs
                                                       ?status&missingDependencies&skip&limit
     GET  /_emulator/health | entities[?entity=] | requests[?limit=] | faults
     POST /_emulator/faults {"profile": NAME, ...}  |  POST /_emulator/reset
+    POST /_emulator/forget {"batchId": ID} | {"next": N}   a batch lost by the platform
 
 Responses (bodies are JSON)
     token 200   {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599,
                  "access_token": "<opaque>"}
     token 400   {"error": "invalid_client", "error_description": "AADSTS7000215: ...\\r\\n
                  Trace ID: ...", "error_codes": [7000215], "timestamp": "...", "trace_id":
-                 "...", "correlation_id": "...", "error_uri": "..."}; token-outage: 503 with
-                 error "temporarily_unavailable"
+                 "...", "correlation_id": "...", "error_uri": "..."}; an unknown tenant:
+                 400 invalid_request AADSTS90002; token-outage: 503 with error
+                 "temporarily_unavailable"
     POST 200    {"batchId": "<uuid>"}
     POST 400    {"error": "Request validation failed", "failedMessages": [{"message": <the
                  record as sent>, "error": "<every problem, '; '-joined>"}, ...],
@@ -81,6 +86,7 @@ from connector.emulators.buildingminds_model import (
     PUBLISHED,
 )
 from connector.emulators.buildingminds_state import (
+    DEFAULT_TENANT,
     STATE_KEY,
     EmulatorOptions,
     EmulatorState,
@@ -114,7 +120,6 @@ __all__ = [
 
 API_PREFIX: Final = "/api/digitaltwinintegration"
 ADMIN_PREFIX: Final = "/_emulator"
-DEFAULT_TENANT: Final = "buildingminds.onmicrosoft.com"
 VALIDATION_FAILED: Final = "Request validation failed"
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
@@ -232,12 +237,26 @@ _OUTAGE = TokenError(
 )
 
 
+def _unknown_tenant(tenant: str) -> TokenError:
+    return TokenError(
+        "invalid_request",
+        90002,
+        f"AADSTS90002: Tenant '{tenant}' not found. Check to make sure you have the correct "
+        "tenant ID and are signing into the correct cloud. Check with your subscription "
+        "administrator, this may happen if there are no active subscriptions for the tenant.",
+    )
+
+
 async def _token(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     now = state.clock()
     if state.faults.token_outage(now):
         request[_ENTRY].fault = "token-outage"
         return _entra_error(state, _OUTAGE)
+    tenant = request.match_info["tenant"]
+    if not state.options.knows_tenant(tenant):
+        # Entra looks the directory up before it reads the form.
+        return _entra_error(state, _unknown_tenant(tenant))
     posted = await request.post()
     form = {k: v for k, v in posted.items() if isinstance(v, str)}
     basic = basic_credentials(request.headers.get("Authorization"))
@@ -246,7 +265,7 @@ async def _token(request: web.Request) -> web.StreamResponse:
         form.setdefault("client_secret", basic[1])
     if "client_id" in form:
         request[_ENTRY].client_id = form["client_id"]
-    granted = state.tokens.grant(form, tenant=request.match_info["tenant"], now=now)
+    granted = state.tokens.grant(form, tenant=tenant, now=now)
     if isinstance(granted, TokenError):
         return _entra_error(state, granted)
     access_token, _ = granted
@@ -420,7 +439,7 @@ def _inbound_json(
 async def _inbound(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     now = state.now()
-    batch = state.ingest.batches.get(request.match_info["batchId"])
+    batch = state.ingest.listed(request.match_info["batchId"])
     if batch is None:
         return _error(404, "Resource not found")
     try:
@@ -467,6 +486,28 @@ async def _admin_entities(request: web.Request) -> web.StreamResponse:
     return _json({"count": sum(len(v) for v in found.values()), "entities": found})
 
 
+async def _admin_forget(request: web.Request) -> web.StreamResponse:
+    """`{"batchId": ID}`: forget that batch now; `{"next": N}`: forget the next N accepted.
+
+    A forgotten batch is neither listed nor found by ID (inbound answers 404); its records
+    are processed as before. Tests use it to lose a batch the connector tracks."""
+    ingest = request.app[STATE_KEY].ingest
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        body = None
+    batch_id = body.get("batchId") if isinstance(body, dict) else None
+    upcoming = body.get("next") if isinstance(body, dict) else None
+    if isinstance(batch_id, str):
+        if not ingest.forget(batch_id):
+            return _json({"error": f"no batch {batch_id!r}"}, 404)
+    elif isinstance(upcoming, int) and not isinstance(upcoming, bool) and upcoming >= 0:
+        ingest.forget_next = upcoming
+    else:
+        return _json({"error": 'the body must be {"batchId": "<id>"} or {"next": <count>}'}, 400)
+    return _json({"forgotten": sorted(ingest.forgotten), "next": ingest.forget_next})
+
+
 # -- the application --------------------------------------------------------------------------
 
 
@@ -490,6 +531,7 @@ def create_app(
     router.add_get(API_PREFIX + "/batch/{batchId}/inbound", _inbound)
     router.add_get(f"{ADMIN_PREFIX}/health", _admin_health)
     router.add_get(f"{ADMIN_PREFIX}/entities", _admin_entities)
+    router.add_post(f"{ADMIN_PREFIX}/forget", _admin_forget)
     common.add_admin_routes(router, ADMIN_PREFIX, STATE_KEY)
     return app
 
@@ -524,6 +566,16 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default: the demo credential {DEMO_CLIENT.client_id} / {DEMO_CLIENT.client_secret})",
     )
     group.add_argument(
+        "--tenant",
+        action="append",
+        default=None,
+        metavar="NAME",
+        dest="tenants",
+        help="a tenant the token endpoint serves, as /NAME/oauth2/v2.0/token names it; "
+        "repeat for several; others answer AADSTS90002 (default: "
+        f"{', '.join(defaults.tenants)})",
+    )
+    group.add_argument(
         "--max-body-bytes",
         type=int,
         default=defaults.max_body_bytes,
@@ -541,6 +593,7 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
             processing_delay_seconds=args.processing_delay,
             clients=clients,
             max_body_bytes=args.max_body_bytes,
+            tenants=args.tenants or DEFAULTS.tenants,
         )
 
 
@@ -555,7 +608,7 @@ def _announcement(options: EmulatorOptions, host: str, port: int) -> str:
         who = f"{len(options.clients)} client credential(s) from --clients"
     return (
         f"BuildingMinds emulator listening on {host}:{port} | base URL {root}{API_PREFIX} | "
-        f"token URL {root}/{DEFAULT_TENANT}/oauth2/v2.0/token | {who}"
+        f"token URL {root}/{options.tenants[0]}/oauth2/v2.0/token | {who}"
     )
 
 

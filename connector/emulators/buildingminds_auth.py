@@ -1,7 +1,7 @@
 """Who may call the BuildingMinds emulator, and how often: credentials, tokens, rate budget.
 
 Owns the client credentials (the built-in demo one, or a `--clients` file), the Microsoft Entra
-ID client-credentials grant with its AADSTS errors (`reference/building-apis.md` §5), the
+ID client-credentials grant with its AADSTS errors (Microsoft's published codes), the
 opaque bearer tokens and their expiry, and the per-credential rolling-window request budget.
 
 Must not: know about HTTP (the caller turns a `TokenError` into Entra's 400 body), read the

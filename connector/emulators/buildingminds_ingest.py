@@ -5,7 +5,9 @@ batch of the valid ones per request, each record moving New -> InProgress -> Com
 Published) on the processing delay, records held in New while a parent they link to has not
 been onboarded, asynchronous FailedValidation for records carrying the failure marker, and the
 store of onboarded entities (upsert by external ID, the latest accepted version wins, a
-Deleted record removes the entity).
+Deleted record removes the entity). A batch can be forgotten (`forget`, `forget_next`): it is
+no longer listed nor found by ID, while its records go on as before, the way a platform that
+loses a batch's bookkeeping would look to a client.
 
 Time is a number from the caller's clock. A record's status is computed from its times when
 someone looks (`status_at`); only the moments that change other records (a record reaching its
@@ -98,6 +100,8 @@ class Ingest:
         self._waiting: dict[Key, list[InboundRecord]] = {}  # parent -> children held for it
         self._due: list[tuple[float, int, InboundRecord]] = []  # terminal moments, a heap
         self._seq = itertools.count()
+        self.forgotten: set[str] = set()  # batch IDs no longer listed nor found by ID
+        self.forget_next = 0  # batches still to be forgotten the moment they are accepted
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -133,7 +137,17 @@ class Ingest:
             for i, payload in valid
         ]
         self.batches[batch.batch_id] = batch
+        if self.forget_next > 0:
+            self.forget_next -= 1
+            self.forgotten.add(batch.batch_id)
         return Submission(batch, failures)
+
+    def forget(self, batch_id: str) -> bool:
+        """Stop showing batch `batch_id` (its records carry on); False if there is none."""
+        if batch_id not in self.batches:
+            return False
+        self.forgotten.add(batch_id)
+        return True
 
     def _accept(
         self,
@@ -249,12 +263,18 @@ class Ingest:
         return counts
 
     def batches_between(self, start: float | None, end: float | None) -> list[Batch]:
-        """Batches created in [start, end), newest first."""
+        """Batches created in [start, end), newest first; forgotten ones are not shown."""
         return [
             b
             for b in reversed(self.batches.values())
-            if (start is None or b.created_at >= start) and (end is None or b.created_at < end)
+            if (start is None or b.created_at >= start)
+            and (end is None or b.created_at < end)
+            and b.batch_id not in self.forgotten
         ]
+
+    def listed(self, batch_id: str) -> Batch | None:
+        """Batch `batch_id` as the API shows it: None if unknown or forgotten."""
+        return None if batch_id in self.forgotten else self.batches.get(batch_id)
 
     def entities(self, entity: str | None = None) -> dict[str, list[dict[str, Any]]]:
         """The onboarded entities (latest successful version of each), per entity name."""

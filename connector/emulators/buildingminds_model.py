@@ -1,7 +1,7 @@
 """The BuildingMinds record rules: how the emulated platform validates one submitted record.
 
 Owns the validation of one record against its endpoint, as far as the public reference
-documents it (`reference/building-apis.md` §1A). The entities themselves (endpoint, ID field,
+documents it. The entities themselves (endpoint, ID field,
 event types, mandatory fields, parent links, terminal status) come from the shared catalogue
 `connector.entities`, so the connector and the emulator cannot drift apart; the emulator's
 contract tests pin those facts independently. Added here are the documented form rules: IDs
@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from connector.entities import ENTITIES as CATALOGUE
+from connector.entities import SITE_TYPES
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -66,23 +67,6 @@ ID_MAX = 50
 CODE_MAX = 70
 NAME_MAX = 200
 CITY_MAX = 100
-
-SITE_TYPES = frozenset(
-    {
-        "Education",
-        "Health Care",
-        "Hotel",
-        "Industrial",
-        "Lodging",
-        "Leisure & Recreation",
-        "Mixed Use",
-        "Office",
-        "Residential",
-        "Retail",
-        "Technology/Science",
-        "Other",
-    }
-)
 
 # Form rules the reference documents beyond the catalogue's mandatory fields and links.
 NAME_MAX_BY_ENTITY: Final = {"site": 50}

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from connector.emulators.buildingminds_auth import ClientCredential
 
 __all__ = [
+    "DEFAULT_TENANT",
     "REQUEST_LOG_SIZE",
     "STATE_KEY",
     "EmulatorOptions",
@@ -39,6 +40,7 @@ __all__ = [
 log = get_logger(__name__)
 
 REQUEST_LOG_SIZE = 100_000  # entries kept for GET /_emulator/requests
+DEFAULT_TENANT: Final = "buildingminds.onmicrosoft.com"  # the production token URL's tenant
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class EmulatorOptions:
     clients: Sequence[ClientCredential] = (DEMO_CLIENT,)
     max_body_bytes: int = 16 * 1024 * 1024
     async_failure_marker: str = "__fail_async__"
+    # The directories the token endpoint knows, as `/{tenant}/oauth2/v2.0/token` names them
+    # (compared without regard to case, as domain names are); any other answers AADSTS90002.
+    tenants: Sequence[str] = (DEFAULT_TENANT,)
 
     def __post_init__(self) -> None:
         if self.rate_limit_requests <= 0 or self.rate_limit_seconds <= 0:
@@ -64,10 +69,21 @@ class EmulatorOptions:
         if not self.clients or self.max_body_bytes <= 0 or not self.async_failure_marker:
             raise ValueError("need at least one client, a positive body limit and a marker")
         object.__setattr__(self, "clients", tuple(self.clients))
+        if isinstance(self.tenants, str):
+            # ValueError, as every bad option: `common.bad_options` makes it a ConfigError
+            raise ValueError("tenants must be a list of tenant names, not one string")  # noqa: TRY004
+        tenants = tuple(self.tenants)
+        if not tenants or not all(t and t.strip() == t and "/" not in t for t in tenants):
+            raise ValueError("need at least one tenant name, each without spaces or '/'")
+        object.__setattr__(self, "tenants", tenants)
         self.fault_settings()  # validates profile and rate
 
     def fault_settings(self) -> FaultSettings:
         return FaultSettings(profile=self.fault_profile, rate=self.fault_rate)
+
+    def knows_tenant(self, tenant: str) -> bool:
+        """Whether the token endpoint serves `tenant` (case-insensitive)."""
+        return tenant.casefold() in {t.casefold() for t in self.tenants}
 
 
 @dataclass(slots=True)

@@ -1,8 +1,8 @@
 """An emulator of the Siemens Building X Openness APIs (Structure, Point Value Ingest) and their
 Auth0 token endpoint.
 
-Owns the HTTP surface of one emulated tenant, behaving as `seeds/002_*` and
-`reference/building-apis.md` §2 describe (choices where they are silent are marked inferred in
+Owns the HTTP surface of one emulated tenant, behaving as Siemens' public developer
+documentation describes (choices where it is silent are marked inferred in
 `docs/buildingx.md`), plus the admin API and the command line. The rules live beside it:
 locations and point values (`buildingx_model`), machine users, tokens and options
 (`buildingx_state`); faults, the request budget and the request log are the BuildingMinds
@@ -22,7 +22,10 @@ URLs
     POST /_emulator/faults {"profile": NAME, ...}  |  POST /_emulator/reset
 
 Responses
-    token 200   {"access_token", "token_type": "Bearer", "expires_in": 86400}
+    token 200   {"access_token": "<JWT>", "scope"?, "expires_in": 86400, "token_type": "Bearer"};
+                the JWT (HS256, the emulator's own key) carries iss, sub, aud, azp, iat, exp
+                (iat + expires_in), gty, jti and the scope asked for; the API checks its
+                signature, exp and aud
     token 4xx   {"error": "invalid_request" | "invalid_client" | "access_denied" |
                  "unauthorized_client", "error_description": "..."} (401 bad client or
                  secret, 403 unknown audience); token-outage: 503 temporarily_unavailable
@@ -253,15 +256,16 @@ async def _token(request: web.Request) -> web.StreamResponse:
         return _grant_error(GrantError(400, "invalid_request", "The body must be a JSON object."))
     if isinstance(body.get("client_id"), str):
         request[_ENTRY].client_id = body["client_id"]
-    granted = state.tokens.grant(body, now)
+    granted = state.tokens.grant(body, now, issuer=f"{request.url.origin()}/")
     if isinstance(granted, GrantError):
         return _grant_error(granted)
-    value, _ = granted
+    scope = {} if granted.scope is None else {"scope": granted.scope}
     return json_response(
         {
-            "access_token": value,
-            "token_type": "Bearer",
+            "access_token": granted.access_token,
+            **scope,
             "expires_in": state.options.token_lifetime_seconds,
+            "token_type": "Bearer",
         }
     )
 

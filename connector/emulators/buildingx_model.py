@@ -1,7 +1,7 @@
 """The data of the Building X emulator: locations of the Structure API and stored point values.
 
-Owns the rules a write must pass (`reference/building-apis.md` §2; where the public documentation
-is silent the rule is marked inferred) and the stores of one emulated tenant, per partition.
+Owns the rules a write must pass (as Siemens' public documentation gives them; where it is
+silent the rule is marked inferred) and the stores of one emulated tenant, per partition.
 Every refusal is an `ApiProblem`, which the HTTP layer turns into a JSON:API error object.
 
 Must not: know about HTTP, read the clock (callers pass `now`), or hold request state.

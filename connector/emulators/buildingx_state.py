@@ -1,10 +1,11 @@
 """The state of one emulated Building X tenant: options, machine users, Auth0 tokens, stores.
 
 Owns `BuildingXOptions` (validated once), the machine users (the built-in demo one or a
-`--clients` file), the Auth0 client-credentials grant with its errors, the opaque bearer
-tokens, and `BuildingXState` (reachable as `app[STATE_KEY]`), which ties them to the stores of
-`buildingx_model`, the request budget and the fault injector shared with the BuildingMinds
-emulator.
+`--clients` file), the Auth0 client-credentials grant with its errors, the access tokens it
+issues (JWTs, HS256 with a key of the emulator's own, carrying `exp`, as the developer guide
+says Building X tokens do) and their verification, and `BuildingXState` (reachable as
+`app[STATE_KEY]`), which ties them to the stores of `buildingx_model`, the request budget and
+the fault injector shared with the BuildingMinds emulator.
 
 Must not: know about HTTP (a refused grant is a `GrantError` the caller renders), read the
 clock other than through `BuildingXState.clock`, or show a client secret in a repr.
@@ -13,8 +14,8 @@ clock other than through `BuildingXState.clock`, or show a client secret in a re
 from __future__ import annotations
 
 import hmac
-import secrets
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from connector.emulators.buildingminds_auth import RateLimiter
 from connector.emulators.buildingminds_faults import FaultInjector, FaultSettings
 from connector.emulators.buildingminds_state import REQUEST_LOG_SIZE, LogEntry, iso_utc
 from connector.emulators.buildingx_model import PointValues, Structure
+from connector.emulators.jwt import JwtSigner
 from connector.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ __all__ = [
     "BuildingXOptions",
     "BuildingXState",
     "GrantError",
+    "Granted",
     "MachineUser",
     "load_users",
 ]
@@ -134,33 +137,75 @@ class GrantError:
 @dataclass(frozen=True, slots=True)
 class Token:
     user: MachineUser
-    expires_at: float
+    expires_at: float  # on the emulator's clock; the JWT's `exp` is the same moment
     serial: int  # issue order, for the revoked-tokens fault
 
 
-class TokenIssuer:
-    """Auth0's client-credentials grant for the machine users, and bearer-token lookup."""
+@dataclass(frozen=True, slots=True)
+class Granted:
+    """An issued access token: the JWT, what it stands for, and the scope granted (None when
+    the request asked for none)."""
 
-    def __init__(self, users: Iterable[MachineUser], *, audience: str, lifetime: int) -> None:
+    access_token: str = field(repr=False)
+    token: Token
+    scope: str | None
+
+
+class TokenIssuer:
+    """Auth0's client-credentials grant for the machine users, and bearer-token checks.
+
+    Tokens are JWTs as Auth0 issues them for a machine-to-machine application: `iss` (the
+    emulator's origin with a trailing slash, as an Auth0 tenant's), `sub` (`<client_id>@clients`),
+    `aud` (the requested audience), `azp` (the client id), `iat`, `exp` (`iat` plus
+    `expires_in`), `gty` (`client-credentials`), a unique `jti`, and `scope` when one was
+    asked for. The API
+    accepts a token only if its signature is the emulator's, it has not expired and its
+    audience is the emulator's.
+    """
+
+    def __init__(
+        self,
+        users: Iterable[MachineUser],
+        *,
+        audience: str,
+        lifetime: int,
+        wall: Callable[[float], float],
+    ) -> None:
+        """`wall(now)` turns the emulator's clock into unix time (for `iat` and `exp`)."""
         self.users = {u.client_id: u for u in users}
         self.audience = audience
         self.lifetime = lifetime
-        self._tokens: dict[str, Token] = {}
+        self._wall = wall
+        self._signer = JwtSigner()
+        self._tokens: dict[str, Token] = {}  # issued and unexpired: for the serial
         self.next_serial = 0
 
-    def grant(self, body: Mapping[str, Any], now: float) -> tuple[str, Token] | GrantError:
-        """Check a client-credentials request in Auth0's order; the new token or the problem."""
+    def grant(self, body: Mapping[str, Any], now: float, *, issuer: str) -> Granted | GrantError:
+        """Check a client-credentials request in Auth0's order; the new token or the problem.
+        `issuer` is the token's `iss`."""
         refused = self._refusal(body)
         if refused is not None:
             return refused
         expired = [t for t, info in self._tokens.items() if now >= info.expires_at]
         for value in expired:
             del self._tokens[value]
-        value = secrets.token_urlsafe(32)
-        token = Token(self.users[body["client_id"]], now + self.lifetime, self.next_serial)
+        user = self.users[body["client_id"]]
+        wall = self._wall(now)
+        issued_at = int(wall)
+        expires = issued_at + self.lifetime
+        scope = body.get("scope") if isinstance(body.get("scope"), str) else None
+        claims: dict[str, Any] = {
+            "iss": issuer, "sub": f"{user.client_id}@clients", "aud": body["audience"],
+            "iat": issued_at, "exp": expires, "azp": user.client_id, "gty": "client-credentials",
+            "jti": uuid.uuid4().hex,  # two tokens of one second differ, as they are two grants
+        }  # fmt: skip
+        if scope:
+            claims["scope"] = scope
+        value = self._signer.sign(claims)
+        token = Token(user, now + (expires - wall), self.next_serial)
         self.next_serial += 1
         self._tokens[value] = token
-        return value, token
+        return Granted(value, token, scope or None)
 
     def _refusal(self, body: Mapping[str, Any]) -> GrantError | None:  # noqa: PLR0911 - one per rule
         for name in ("grant_type", "client_id"):
@@ -184,18 +229,27 @@ class TokenIssuer:
             return GrantError(400, "invalid_request", "Missing required parameter: audience")
         if audience != self.audience:
             return GrantError(403, "access_denied", f"Service not found: {audience}")
+        if "scope" in body and not isinstance(body["scope"], str):
+            return GrantError(400, "invalid_request", "scope must be a string")
         return None
 
     def resolve(self, authorization: str | None, now: float) -> Token | str:
-        """The token behind `Authorization: Bearer …`, or why it is refused."""
+        """The token behind `Authorization: Bearer …`, or why it is refused: not a JWT of this
+        emulator (bad signature included), expired, for another audience or client."""
         scheme, _, value = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
+        value = value.strip()
+        if scheme.lower() != "bearer" or not value:
             return "A bearer token is required."
-        token = self._tokens.get(value.strip())
-        if token is None:
-            return "The access token is not valid."
-        if now >= token.expires_at:
+        claims = self._signer.verify(value, now=self._wall(now))
+        if claims == "expired":
             return "The access token has expired."
+        if isinstance(claims, str):
+            return "The access token is not valid."
+        if claims.get("aud") != self.audience:
+            return "The access token is not valid for this API."
+        token = self._tokens.get(value)
+        if token is None or claims.get("azp") not in self.users:
+            return "The access token is not valid."
         return token
 
 
@@ -212,7 +266,10 @@ class BuildingXState:
         self._epoch = time.time() - clock()
         self.structure, self.values = Structure(), PointValues()
         self.tokens = TokenIssuer(
-            options.users, audience=options.audience, lifetime=options.token_lifetime_seconds
+            options.users,
+            audience=options.audience,
+            lifetime=options.token_lifetime_seconds,
+            wall=self.wall,
         )
         self.limiter = RateLimiter(options.rate_limit_requests, options.rate_limit_seconds)
         self.faults = FaultInjector(options.fault_settings(), seed=options.seed, now=clock())
@@ -220,6 +277,10 @@ class BuildingXState:
 
     def iso(self, at: float) -> str:
         return iso_utc(self._epoch + at)
+
+    def wall(self, at: float) -> float:
+        """Unix time at clock value `at`."""
+        return self._epoch + at
 
     def set_faults(self, settings: FaultSettings) -> None:
         self.faults.configure(settings, now=self.clock(), token_serial=self.tokens.next_serial)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import ipaddress
 import math
 import signal
 import sys
@@ -51,6 +52,7 @@ __all__ = [
     "add_shared_arguments",
     "admit",
     "bad_options",
+    "exposure_warning",
     "front_door",
     "inject",
     "json_response",
@@ -428,6 +430,24 @@ def bad_options() -> Iterator[None]:
         raise ConfigError([str(exc)]) from exc
 
 
+def exposure_warning(host: str) -> str | None:
+    """The warning for a bind address beyond loopback, or None for a loopback one.
+
+    The admin API has no authentication by design (tests and demos drive it), so anyone who
+    reaches the port can read what was sent, switch faults and reset the state."""
+    if host == "localhost":
+        return None
+    with contextlib.suppress(ValueError):  # a host name: it may resolve to anything
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    return (
+        f"warning: listening on {host or 'every address'}, beyond this machine: the admin API "
+        "under /_emulator/ has no authentication; anyone who can reach the port can read "
+        "every request and record sent, switch faults and reset the emulator. Bind to "
+        "127.0.0.1 (the default) unless the network is yours alone."
+    )
+
+
 def root_url(host: str, port: int) -> str:
     """Where a client on this machine reaches a server bound to `host:port`."""
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - compared only
@@ -478,6 +498,8 @@ def run_from_args(
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)  # noqa: T201 - a command-line front end
         return 2
+    if (warning := exposure_warning(args.host)) is not None:
+        print(warning, file=sys.stderr, flush=True)  # noqa: T201 - a command-line front end
     announce = functools.partial(announcement, options)
     anyio.run(serve, create_app(options), args.host, args.port, announce)
     return 0

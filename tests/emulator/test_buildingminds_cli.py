@@ -43,6 +43,7 @@ def test_the_defaults_are_the_documented_platform() -> None:
     assert (options.rate_limit_requests, options.rate_limit_seconds) == (100, 60.0)
     assert options.token_lifetime_seconds == 3599
     assert options.clients == (DEMO_CLIENT,)
+    assert options.tenants == ("buildingminds.onmicrosoft.com",)
 
 
 def test_every_option_reaches_the_emulator() -> None:
@@ -55,6 +56,9 @@ def test_every_option_reaches_the_emulator() -> None:
             "--fault-rate=0.3",
             "--seed=9",
             "--max-body-bytes=2048",
+            "--tenant=tstbuildingminds.onmicrosoft.com",
+            "--tenant",
+            "contoso.example",
         ]
     )
 
@@ -64,6 +68,7 @@ def test_every_option_reaches_the_emulator() -> None:
     assert (options.token_lifetime_seconds, options.processing_delay_seconds) == (60, 0.5)
     assert (options.fault_profile, options.fault_rate, options.seed) == ("errors", 0.3, 9)
     assert options.max_body_bytes == 2048
+    assert options.tenants == ("tstbuildingminds.onmicrosoft.com", "contoso.example")
 
 
 @pytest.mark.parametrize(
@@ -172,3 +177,16 @@ async def test_run_from_args_serves_until_sigterm() -> None:
             with anyio.fail_after(30):
                 code = await process.wait()
     assert code == 0
+
+
+def test_a_bad_tenant_flag_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="tenant"):
+        options_from_args(parser().parse_args(["--tenant=contoso/example"]))
+
+
+def test_the_announced_token_url_names_the_first_configured_tenant() -> None:
+    options = options_from_args(parser().parse_args(["--tenant=contoso.example"]))
+
+    line = buildingminds._announcement(options, "127.0.0.1", 8080)  # what run_from_args prints
+
+    assert "token URL http://127.0.0.1:8080/contoso.example/oauth2/v2.0/token" in line

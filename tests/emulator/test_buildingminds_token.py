@@ -28,11 +28,51 @@ async def test_token_success_has_the_entra_shape(emulator: Emulator) -> None:
     assert (await emulator.token()) != reply.body["access_token"]  # random per request
 
 
-async def test_any_tenant_name_is_accepted(emulator: Emulator) -> None:
+async def test_an_unknown_tenant_is_refused_as_entra_does(emulator: Emulator) -> None:
+    """A token URL naming another directory must not pass: Entra answers 400 AADSTS90002
+    before it looks at the credential, with its usual error members."""
     reply = await emulator.request(
         "POST", "/tstbuildingminds.onmicrosoft.com/oauth2/v2.0/token", data=_demo_form()
     )
-    assert reply.status == 200
+
+    assert reply.status == 400
+    body = reply.body
+    assert body["error"] == "invalid_request"
+    assert body["error_codes"] == [90002]
+    assert body["error_description"].startswith(
+        "AADSTS90002: Tenant 'tstbuildingminds.onmicrosoft.com' not found."
+    )
+    assert f"Trace ID: {body['trace_id']}" in body["error_description"]
+    assert f"Correlation ID: {body['correlation_id']}" in body["error_description"]
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}Z", body["timestamp"])
+    assert "access_token" not in body
+
+
+async def test_the_tenant_is_checked_before_the_credential(emulator: Emulator) -> None:
+    form = {**_demo_form(), "client_secret": "wrong"}
+    reply = await emulator.request("POST", "/x/oauth2/v2.0/token", data=form)
+
+    assert reply.body["error_codes"] == [90002]
+
+
+async def test_configured_tenants_are_served_case_insensitively(
+    start_emulator: StartEmulator,
+) -> None:
+    emulator = await start_emulator(
+        EmulatorOptions(tenants=("tstbuildingminds.onmicrosoft.com", "contoso.example"))
+    )
+    for tenant in ("tstbuildingminds.onmicrosoft.com", "Contoso.Example"):
+        path = f"/{tenant}/oauth2/v2.0/token"
+        reply = await emulator.request("POST", path, data=_demo_form())
+        assert reply.status == 200, (tenant, reply.body)
+    default = await emulator.request("POST", TOKEN_PATH, data=_demo_form())
+    assert default.body["error_codes"] == [90002]
+
+
+def test_tenants_must_be_names() -> None:
+    for tenants in ((), ("",), ("a/b",), (" a",), "buildingminds.onmicrosoft.com"):
+        with pytest.raises(ValueError, match="tenant"):
+            EmulatorOptions(tenants=tenants)
 
 
 async def test_basic_authentication_of_the_client_is_accepted(emulator: Emulator) -> None:
