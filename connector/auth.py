@@ -4,7 +4,11 @@ Owns one credential's bearer token: getting it from the token endpoint, caching 
 `skew_seconds` before it expires and after a 401, and turning token-endpoint failures into the
 connector's errors (`CredentialsRejected` with the fix the AADSTS code calls for, or the
 retriable `TokenEndpointUnavailable`). `BearerAuth` puts the token on every request of a session
-and retries a 401 once with a renewed token.
+and retries a 401 once with a renewed token. The token request goes through `connector.http.send`
+(never redirected, body capped); `auth_error` turns that layer's failures into auth errors by
+their `retriable` flag. Every token issued and every configured secret is registered with
+`connector.logs.register_secret`, so an API that echoes one never gets it into a log line or a
+dead letter.
 
 Must not: retry the token endpoint by itself (the caller backs off; a failed refresh reaches every
 waiter once), send the token request through the auth middleware (it would recurse), touch the
@@ -25,8 +29,9 @@ import orjson
 from aiohttp import hdrs
 from pydantic import SecretStr
 
-from connector.errors import TLS_HINT, AuthError, CredentialsRejected, TokenEndpointUnavailable
-from connector.logs import get_logger, redact
+from connector.errors import ApiError, AuthError, CredentialsRejected, TokenEndpointUnavailable
+from connector.http import send
+from connector.logs import get_logger, redact, register_secret
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,6 +45,7 @@ __all__ = [
     "RefreshOutcome",
     "Token",
     "TokenProvider",
+    "auth_error",
 ]
 
 log = get_logger(__name__)
@@ -58,6 +64,10 @@ _FIXES: Final[dict[int, str]] = {
     700016: (
         "application not found: re-copy the client ID exactly (watch a letter O vs a zero 0) "
         "and check the tenant in token_url"
+    ),
+    90002: (
+        "tenant not found: check the tenant (directory name or ID) in token_url, "
+        "e.g. .../buildingminds.onmicrosoft.com/oauth2/v2.0/token"
     ),
     1002012: "the scope must end with /.default: append /.default to the scope value",
     70011: "invalid scope: use the scope value as provided, with /.default appended",
@@ -219,6 +229,8 @@ class TokenProvider:
         # and sees it moved takes that call's outcome instead of making another one.
         self._generation = 0
         self._last_error: Exception | None = None
+        for secret in grant.secrets():  # the configured secrets, masked from the start
+            register_secret(secret)
 
     def __repr__(self) -> str:
         return f"TokenProvider(token_url={self._token_url!r}, client_id={self._client_id!r})"
@@ -278,35 +290,25 @@ class TokenProvider:
     async def _request(self) -> tuple[Token, float]:
         """One call to the token endpoint: the token and when it is due for renewal."""
         fields = self._grant.fields()
-        send: dict[str, Any] = {"json": fields} if self._grant.as_json else {"data": fields}
+        body: dict[str, Any] = {"json": fields} if self._grant.as_json else {"data": fields}
         started, started_wall = self._clock(), time.time()
         try:
             # middlewares=() overrides the session's middlewares for this one request, so the
-            # token request never passes through BearerAuth and cannot recurse into it. No
-            # redirects: the form carries the secret and must reach only the configured URL.
-            async with self._session.post(
-                self._token_url,
-                **send,
-                headers={hdrs.ACCEPT: "application/json"},
-                allow_redirects=False,
-                middlewares=(),
-            ) as response:
-                status = response.status
-                body = await response.read()
-                retry_after = response.headers.get(hdrs.RETRY_AFTER)
-        except aiohttp.ClientConnectorCertificateError as exc:
-            # not transient: retrying cannot fix a certificate we do not trust
-            raise CredentialsRejected(
-                f"TLS certificate verification failed for the token endpoint "
-                f"{self._token_url}: {self._scrub(_describe(exc))}; {TLS_HINT}"
-            ) from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TokenEndpointUnavailable(
-                f"token endpoint {self._token_url} unreachable: {self._scrub(_describe(exc))}"
-            ) from exc
-        if 200 <= status < 300:
-            return self._parse_token(body, status, started, started_wall)
-        raise self._error_for(status, body, retry_after)
+            # token request never passes through BearerAuth and cannot recurse into it. `send`
+            # never follows a redirect: the form carries the secret.
+            answer = await send(
+                self._session, "POST", self._token_url, what=f"token endpoint {self._token_url}",
+                headers={hdrs.ACCEPT: "application/json"}, middlewares=(), **body,
+            )  # fmt: skip
+        except ApiError as exc:
+            raise auth_error(exc, self._scrub) from exc
+        finally:
+            # Registered before anything can log: a server may echo what it was sent.
+            for secret in self._grant.secrets():
+                register_secret(secret)
+        if answer.ok:
+            return self._parse_token(answer.body, answer.status, started, started_wall)
+        raise self._error_for(answer.status, answer.body, answer.headers.get(hdrs.RETRY_AFTER))
 
     def _parse_token(
         self, body: bytes, status: int, started: float, wall: float
@@ -330,6 +332,7 @@ class TokenProvider:
         # A short-lived token would otherwise be due for renewal the moment it arrives.
         skew = self._skew if expires_in >= 2 * self._skew else expires_in / 4
         # Times count from before the request: the token cannot have been issued earlier.
+        register_secret(value)  # from now on masked in every log line and dead letter
         token = Token(
             value=SecretStr(value),
             expires_at=started + expires_in,
@@ -394,6 +397,14 @@ class TokenProvider:
             log.warning("token request failed: %s", outcome, extra={"token_url": self._token_url})
         if self._on_refresh is not None:
             self._on_refresh(outcome)
+
+
+def auth_error(exc: ApiError, scrub: Callable[[str], str] = redact) -> AuthError:
+    """A failure of a token endpoint (or OIDC discovery) request as the auth error with the
+    same `retriable` flag: `TokenEndpointUnavailable` (back off) or `CredentialsRejected`
+    (a redirect, a certificate, a URL: the configuration needs a fix)."""
+    kind = TokenEndpointUnavailable if exc.retriable else CredentialsRejected
+    return kind(scrub(str(exc)), status=exc.status)
 
 
 def _replay(error: Exception) -> Exception:

@@ -13,9 +13,15 @@ logic branch on these types and flags, never on message text.
     └── ApiError                    the platform answered a request with a failure
         ├── RateLimited             429; carries `retry_after` seconds             (retriable)
         ├── ServerError             5xx, timeouts, connection resets               (retriable)
+        │   ├── InvalidResponse     a 2xx that is not the answer the API promises  (retriable)
+        │   └── ResponseTooLarge    a body over the cap, on the wire or decoded    (retriable)
         ├── Unauthorized            401 that survived one token renewal            (retriable)
         ├── EndpointMisconfigured   403 / 404 / 405: hold the data, alert           (fatal)
+        │   └── RedirectRefused     a 3xx: redirects are never followed              (fatal)
         └── RequestRejected         400 / 413: the records themselves are at fault  (fatal)
+
+A failure at a token endpoint (or OIDC discovery) is raised as the `AuthError` with the same
+`retriable` flag: `CredentialsRejected` for a fatal one, `TokenEndpointUnavailable` otherwise.
 """
 
 from __future__ import annotations
@@ -34,8 +40,11 @@ __all__ = [
     "ConnectorError",
     "CredentialsRejected",
     "EndpointMisconfigured",
+    "InvalidResponse",
     "RateLimited",
+    "RedirectRefused",
     "RequestRejected",
+    "ResponseTooLarge",
     "ServerError",
     "TokenEndpointUnavailable",
     "Unauthorized",
@@ -119,6 +128,15 @@ class ServerError(ApiError):
     retriable = True
 
 
+class InvalidResponse(ServerError):
+    """A 2xx whose body is not what the API promises (e.g. no `batchId`): nothing proves the
+    platform took the records, so the request counts as failed and is sent again."""
+
+
+class ResponseTooLarge(ServerError):
+    """The answer's body is over the cap, compressed or decompressed; it was not read whole."""
+
+
 class Unauthorized(ApiError):
     """401 even with a freshly renewed token: pause and alert, keep the data."""
 
@@ -127,6 +145,12 @@ class Unauthorized(ApiError):
 
 class EndpointMisconfigured(ApiError):
     """403, 404 or 405: the endpoint or the credential's permissions are wrong. Hold the data."""
+
+
+class RedirectRefused(EndpointMisconfigured):
+    """A 3xx. Redirects are never followed: one would carry the request (and its bearer token)
+    to a URL nobody configured, and a 302 turns a POST into a bodiless GET whose 200 proves
+    nothing. The message names the target host; the configured URL needs fixing."""
 
 
 class RequestRejected(ApiError):

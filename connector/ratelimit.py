@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import TypeAlias
+from typing import TypeAlias, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -221,14 +221,18 @@ class Backoff:
         return rand() * self.ceiling(attempt)
 
 
+_Default = TypeVar("_Default", bound=float | None)
+
+
 def retry_after_seconds(
     value: str | None,
     *,
-    default: float,
+    default: _Default,
     maximum: float,
     now: Callable[[], float] = time.time,
-) -> float:
-    """Seconds to wait as a `Retry-After` header asks, bounded to [0, `maximum`].
+) -> float | _Default:
+    """Seconds to wait as a `Retry-After` header asks, bounded to [0, `maximum`]. The one
+    parser of the header: every platform client reaches it through `connector.http`.
 
     `value` is delta-seconds ("120", decimals tolerated) or an HTTP-date; a date in the past and
     a negative number give 0. `default` is returned unchanged when the header is absent or
@@ -253,7 +257,7 @@ def retry_after_seconds(
 
 
 class BudgetShare:
-    """This replica's share of one credential's budget (DESIGN.md §4, scale-out).
+    """This replica's share of one credential's budget (docs/design.md §4, scale-out).
 
     Replicas in one consumer group share a credential without a coordinator: each takes the
     share of the budget that its assigned partitions are of all partitions. A smaller share

@@ -22,7 +22,10 @@ class Sink(Protocol):
     async def submit(
         self, endpoint: str, body: bytes, ids: list[str], id_field: str
     ) -> SubmitResult:
-        """POST one JSON array. Raises `RateLimited`, `ServerError`, `Unauthorized`,
-        `EndpointMisconfigured`, `RequestRejected` (400 naming no record, 413), or the auth
-        errors of the token provider."""
+        """POST one JSON array. Raises `RateLimited`, `ServerError` (among them
+        `InvalidResponse`, a 2xx that proves no delivery, and `ResponseTooLarge`),
+        `Unauthorized`, `EndpointMisconfigured` (among them `RedirectRefused`: a 3xx is never
+        followed), `RequestRejected` (400 naming no record, 413), or the auth errors of the
+        token provider. A result is returned only for an answer that shows the platform
+        took the records; anything else raises, so nothing is committed on its strength."""
         ...

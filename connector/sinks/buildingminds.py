@@ -1,10 +1,14 @@
-"""The BuildingMinds Digital Twin Integration API client (seed 000, DESIGN.md §4).
+"""The BuildingMinds Digital Twin Integration API client (seed 000, docs/design.md §4).
 
-Owns the HTTP exchange for one submission and the mapping of the API's answers:
+Owns the mapping of the API's answers (`STATUSES`, plus the rows only this API has); every
+request goes through `connector.http.send`, which owns redirects, body caps and transport
+errors:
 
 | answer                      | result                                                       |
 |-----------------------------|--------------------------------------------------------------|
 | 200 + batchId               | `SubmitResult` with no failures                              |
+| 2xx without a batchId       | `InvalidResponse` (retried: nothing shows the records landed)|
+| 3xx                         | `RedirectRefused` (never followed; hold the data, alert)     |
 | 400 + failedMessages        | `SubmitResult` whose `failed` names the rejected records     |
 | 400 naming no record        | `RequestRejected` (the pipeline splits the array)            |
 | 401 (after one renewal)     | `Unauthorized` (the auth middleware already renewed once)    |
@@ -12,6 +16,9 @@ Owns the HTTP exchange for one submission and the mapping of the API's answers:
 | 413                         | `RequestRejected(status=413)` (split)                        |
 | 429                         | `RateLimited(retry_after=...)`                               |
 | 5xx, timeouts, resets       | `ServerError`                                                |
+| a body over `max_body`      | `ResponseTooLarge` (a `ServerError`)                         |
+
+Every platform text that reaches an exception or a dead letter is passed through `redact`.
 
 Must not: retry, sleep or count budget (the pipeline does), or touch the Authorization header
 (the `BearerAuth` middleware owns it).
@@ -19,32 +26,38 @@ Must not: retry, sleep or count budget (the pipeline does), or touch the Authori
 
 from __future__ import annotations
 
-from typing import Any
-
-import aiohttp
-import orjson
+from typing import TYPE_CHECKING, Any, Final
 
 from connector.errors import (
-    TLS_HINT,
+    ApiError,
     EndpointMisconfigured,
+    InvalidResponse,
     RateLimited,
     RequestRejected,
     ServerError,
     Unauthorized,
 )
-from connector.ratelimit import retry_after_seconds
+from connector.http import DEFAULT_MAX_BODY, Answer, StatusTable, send
+from connector.logs import redact
 from connector.sinks.base import SubmitResult
 
-__all__ = ["BuildingMindsSink"]
+if TYPE_CHECKING:
+    import aiohttp
 
-_REQUEST_ID_HEADERS = ("x-request-id", "x-ms-request-id", "request-id", "x-correlation-id")
+__all__ = ["STATUSES", "BuildingMindsSink"]
 
+STATUSES: Final = StatusTable(
+    {
+        400: RequestRejected, 413: RequestRejected, 422: RequestRejected,
+        401: Unauthorized, 429: RateLimited,
+        403: EndpointMisconfigured, 404: EndpointMisconfigured, 405: EndpointMisconfigured,
+    },
+    client=ServerError,
+    retry_after=60.0,
+)  # fmt: skip
+"""The API's failure statuses; any other failure is a `ServerError` (retried)."""
 
-def _request_id(response: aiohttp.ClientResponse) -> str | None:
-    for name in _REQUEST_ID_HEADERS:
-        if value := response.headers.get(name):
-            return value
-    return None
+_JSON: Final = {"Content-Type": "application/json"}
 
 
 def _message(payload: Any, fallback: str) -> str:
@@ -60,26 +73,49 @@ class BuildingMindsSink:
     """Submissions and the read-only batch listing, over one shared aiohttp session."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, base_url: str, *, max_retry_after: float = 120.0
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        *,
+        max_retry_after: float = 120.0,
+        max_body: int = DEFAULT_MAX_BODY,
     ) -> None:
+        """`max_body` caps each answer's body, compressed and decompressed."""
         self.session = session
         self.base_url = base_url.rstrip("/")
         self.max_retry_after = max_retry_after
+        self.max_body = max_body
 
     async def submit(
         self, endpoint: str, body: bytes, ids: list[str], id_field: str
     ) -> SubmitResult:
-        url = f"{self.base_url}/{endpoint}"
-        try:
-            async with self.session.post(
-                url, data=body, headers={"Content-Type": "application/json"}
-            ) as response:
-                raw = await response.read()
-                return self._result(response, raw, ids, id_field)
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise _certificate_error(url, exc) from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-            raise ServerError(f"POST /{endpoint} failed: {type(exc).__name__}: {exc}") from exc
+        """POST one array; see the module docstring for the answers. A 2xx without a
+        `batchId` raises `InvalidResponse`: only the batch ID proves the platform took the
+        records (a proxy or a captive portal answers 200 too), so they are sent again."""
+        what = f"POST /{endpoint}"
+        answer = await send(
+            self.session, "POST", f"{self.base_url}/{endpoint}", what=what, data=body,
+            headers=_JSON, max_body=self.max_body,
+        )  # fmt: skip
+        payload = answer.json()
+        found = payload.get("batchId") if isinstance(payload, dict) else None
+        # a batch ID is a non-empty string (a UUID); anything else proves nothing
+        batch_id = (found.strip() or None) if isinstance(found, str) else None
+        if answer.ok:
+            if batch_id is None:
+                shape = "" if payload is not None else " (the body is not JSON)"
+                raise InvalidResponse(
+                    f"{what} answered {answer.status} without a batchId{shape}: nothing shows "
+                    "the platform took the records; they are sent again",
+                    status=answer.status,
+                    request_id=answer.request_id,
+                )
+            return SubmitResult(answer.status, batch_id, {}, answer.request_id)
+        if answer.status == 400 and isinstance(payload, dict):
+            failed = _failed_indexes(payload.get("failedMessages"), ids, id_field)
+            if failed:
+                return SubmitResult(answer.status, batch_id, failed, answer.request_id)
+        raise self._error(answer, what)
 
     async def list_batches(
         self, *, limit: int = 10, skip: int = 0, batch_id: str | None = None
@@ -110,67 +146,20 @@ class BuildingMindsSink:
         return [i for i in items or [] if isinstance(i, dict)]
 
     async def _get(self, path: str, params: dict[str, str]) -> Any:
-        url = f"{self.base_url}/{path}"
-        try:
-            async with self.session.get(url, params=params) as response:
-                raw = await response.read()
-                if response.status == 200:
-                    return _json(raw) or {}
-                self._raise(response, raw, f"GET /{path}")
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise _certificate_error(url, exc) from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-            raise ServerError(f"GET /{path} failed: {type(exc).__name__}: {exc}") from exc
-        raise AssertionError("unreachable")  # pragma: no cover - _raise always raises
+        what = f"GET /{path}"
+        answer = await send(
+            self.session, "GET", f"{self.base_url}/{path}", what=what, params=params,
+            max_body=self.max_body,
+        )  # fmt: skip
+        if answer.status == 200:
+            return answer.json() or {}
+        raise self._error(answer, what)
 
-    def _result(
-        self, response: aiohttp.ClientResponse, raw: bytes, ids: list[str], id_field: str
-    ) -> SubmitResult:
-        payload = _json(raw)
-        status = response.status
-        request_id = _request_id(response)
-        batch_id = payload.get("batchId") if isinstance(payload, dict) else None
-        batch_id = str(batch_id) if batch_id is not None else None
-        if status in (200, 201, 202):
-            return SubmitResult(status, batch_id, {}, request_id)
-        if status == 400 and isinstance(payload, dict):
-            failed = _failed_indexes(payload.get("failedMessages"), ids, id_field)
-            if failed:
-                return SubmitResult(status, batch_id, failed, request_id)
-        self._raise(response, raw, f"POST {response.url.path}")
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _raise(self, response: aiohttp.ClientResponse, raw: bytes, what: str) -> None:
-        status = response.status
-        request_id = _request_id(response)
-        text = _message(_json(raw), response.reason or "")
-        message = f"{what} answered {status}: {text}"
-        if status == 429:
-            retry_after = retry_after_seconds(
-                response.headers.get("Retry-After"), default=60.0, maximum=self.max_retry_after
-            )
-            raise RateLimited(message, retry_after=retry_after, request_id=request_id)
-        if status == 401:
-            raise Unauthorized(message, status=status, request_id=request_id)
-        if status in (403, 404, 405):
-            raise EndpointMisconfigured(message, status=status, request_id=request_id)
-        if status in (400, 413, 422):
-            raise RequestRejected(message, status=status, request_id=request_id)
-        raise ServerError(message, status=status, request_id=request_id)
-
-
-def _certificate_error(url: str, exc: Exception) -> EndpointMisconfigured:
-    """Not transient: hold the data and say how to fix it."""
-    return EndpointMisconfigured(
-        f"TLS certificate verification failed for {url}: {exc}; {TLS_HINT}", status=None
-    )
-
-
-def _json(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        return None
+    def _error(self, answer: Answer, what: str) -> ApiError:
+        text = _message(answer.json(), answer.reason)
+        message = f"{what} answered {answer.status}: {text}"
+        error = STATUSES.error(answer, message, max_retry_after=self.max_retry_after)
+        return error or ServerError(redact(message), status=answer.status)
 
 
 def _failed_indexes(items: Any, ids: list[str], id_field: str) -> dict[int, str]:
@@ -194,6 +183,7 @@ def _failed_indexes(items: Any, ids: list[str], id_field: str) -> dict[int, str]
             text = str(item["message"])
         else:
             text = "rejected by the platform without a message"
+        text = redact(text)  # a message may echo what was sent, a token included
         named = record.get(id_field) if isinstance(record, dict) else None
         for index in where.get(str(named), []):
             failed[index] = text

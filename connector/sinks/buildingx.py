@@ -34,6 +34,9 @@ Pacing: each API (structure, point-value-ingest) has its own `RollingWindowLimit
 request takes a slot first. The `X-Request-Id` of every answer is logged (DEBUG, WARNING for
 failures) and reaches `SubmitResult.request_id` and the dead letters.
 
+Every request goes through `connector.http.send` (no redirects: a 3xx is `RedirectRefused`;
+bodies capped at `max_body`; transport errors mapped once).
+
 Must not: sleep other than in its limiters, retry a failed request (the pipeline does), or
 touch the Authorization header (the `BearerAuth` middleware owns it).
 """
@@ -47,22 +50,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
-import aiohttp
 import orjson
 
-from connector.errors import (
-    TLS_HINT,
-    EndpointMisconfigured,
-    RateLimited,
-    ServerError,
-    Unauthorized,
-)
-from connector.logs import get_logger
-from connector.ratelimit import retry_after_seconds
+from connector.errors import EndpointMisconfigured, RateLimited, ServerError, Unauthorized
+from connector.http import DEFAULT_MAX_BODY, StatusTable, send
+from connector.logs import get_logger, redact
 from connector.sinks.base import SubmitResult
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+
+    import aiohttp
 
     from connector.ratelimit import Clock, RollingWindowLimiter
 
@@ -72,6 +70,7 @@ __all__ = [
     "LOCATIONS",
     "MAX_VALUES",
     "MEDIA_TYPE",
+    "STATUSES",
     "STRUCTURE",
     "BuildingXSink",
     "ParentPending",
@@ -105,6 +104,12 @@ LOCATIONS: Final[dict[str, _LocationKind]] = {
     "space": _LocationKind("Room", "floorId", "floor", "isPartOf"),
 }
 _TEXT_ATTRIBUTES: Final = ("description", "timeZone")
+
+STATUSES: Final = StatusTable(
+    {401: Unauthorized, 429: RateLimited}, client=None, server=ServerError, retry_after=1.0
+)
+"""What raises at once; every other 4xx is read by the sink (a record's failure, or
+`EndpointMisconfigured` through `_misconfigured`)."""
 _CACHE_SIZE: Final = 100_000
 
 
@@ -169,7 +174,8 @@ def error_text(payload: Any, fallback: str) -> str:
         elif source.get("parameter"):
             text += f" (parameter {source['parameter']})"
         parts.append(text or str(error.get("code") or fallback))
-    return "; ".join(parts) or fallback
+    # a platform message may echo what was sent, a token included
+    return redact("; ".join(parts) or fallback)
 
 
 def _pointers(payload: Any) -> list[str | None]:
@@ -201,11 +207,13 @@ class BuildingXSink:
         overwrite_values: bool = True,
         parent_wait: float = 600.0,
         max_retry_after: float = 120.0,
+        max_body: int = DEFAULT_MAX_BODY,
         clock: Clock = time.monotonic,
         on_wait: Callable[[float], None] | None = None,
     ) -> None:
         """`limiters` holds one limiter per API in `APIS`; `on_wait(seconds)` hears every
-        limiter wait. `parent_wait` bounds how long a location waits for its parent."""
+        limiter wait. `parent_wait` bounds how long a location waits for its parent;
+        `max_body` caps each answer's body, compressed and decompressed."""
         self.session = session
         self.base_url = base_url.rstrip("/")
         self.partition_id = partition_id
@@ -215,6 +223,7 @@ class BuildingXSink:
         self.overwrite_values = overwrite_values
         self.parent_wait = parent_wait
         self.max_retry_after = max_retry_after
+        self.max_body = max_body
         self.clock = clock
         self.on_wait = on_wait
         # externalId -> Building X id, of locations seen; also serves parent lookups
@@ -532,8 +541,9 @@ class BuildingXSink:
         params: Mapping[str, str] | None = None,
         json: Any = None,
     ) -> _Answer:
-        """One request after a slot of `api`'s limiter. Raises for 401, 429, 5xx and
-        transport failures; returns every other answer."""
+        """One request after a slot of `api`'s limiter. Raises what `STATUSES` and
+        `connector.http.send` raise (401, 429, 5xx, 3xx, transport, a body over the cap);
+        returns every other answer."""
         waited = await self.limiters[api].acquire()
         if self.on_wait is not None:
             self.on_wait(waited)
@@ -543,32 +553,20 @@ class BuildingXSink:
             headers["Content-Type"] = MEDIA_TYPE
             data = orjson.dumps(json)
         what = f"{method} {api}"
-        try:
-            async with self.session.request(
-                method, url, params=params, data=data, headers=headers
-            ) as response:
-                raw = await response.read()
-                status, request_id = response.status, response.headers.get("X-Request-Id")
-                retry_after = response.headers.get("Retry-After")
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise EndpointMisconfigured(
-                f"TLS certificate verification failed for {url}: {exc}; {TLS_HINT}", status=None
-            ) from exc
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-            raise ServerError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
-        payload = _json(raw)
+        answer = await send(
+            self.session, method, url, what=what, params=params, data=data, headers=headers,
+            max_body=self.max_body,
+        )  # fmt: skip
+        payload, status, request_id = answer.json(), answer.status, answer.request_id
         log.debug(
             "%s answered %d", what, status, extra={"status": status, "request_id": request_id}
         )
         message = f"{what} answered {status}: {error_text(payload, '')}".rstrip(": ")
-        if status == 429:
-            wait = retry_after_seconds(retry_after, default=1.0, maximum=self.max_retry_after)
-            self.limiters[api].block_for(wait if wait is not None else 1.0)
-            raise RateLimited(message, retry_after=wait, request_id=request_id)
-        if status == 401:
-            raise Unauthorized(message, status=status, request_id=request_id)
-        if status >= 500:
-            raise ServerError(message, status=status, request_id=request_id)
+        error = STATUSES.error(answer, message, max_retry_after=self.max_retry_after)
+        if isinstance(error, RateLimited):
+            self.limiters[api].block_for(error.retry_after or 1.0)
+        if error is not None:
+            raise error
         return _Answer(status, payload, request_id)
 
     def _misconfigured(self, answer: _Answer, what: str) -> None:
@@ -623,10 +621,3 @@ def _value_indexes(payload: Any, count: int) -> set[int]:
         if len(parts) >= 3 and parts[1] == "data" and parts[2].isdigit() and int(parts[2]) < count:
             named.add(int(parts[2]))
     return named
-
-
-def _json(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        return None

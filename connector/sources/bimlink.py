@@ -18,6 +18,9 @@ External IDs are `bimlink:<kind>:<BIMlink id>` (kind: adr, loc, prj, sse), or
 `bimlink:<kind>:#<blake2b-128 hex of the id>` when that would exceed the platform's 50
 characters; both are stable across polls and cannot collide with other systems' IDs.
 
+Every request goes through `connector.http.send` (no redirects, a capped body, transport
+errors mapped once; `STATUSES` says what each failure status raises).
+
 Must not: return a partial snapshot (any failed request fails the poll), log record contents,
 or send the token anywhere but base_url (the auth middleware is added per request).
 """
@@ -44,7 +47,8 @@ from connector.errors import (
     ServerError,
     Unauthorized,
 )
-from connector.logs import get_logger
+from connector.http import StatusTable, send
+from connector.logs import get_logger, redact
 from connector.ratelimit import Backoff
 from connector.sources.base import Item
 from connector.sources.bimlink_auth import RefreshTokenFile, RefreshTokenGrant
@@ -67,6 +71,17 @@ ADDRESS, SITE, BUILDING, FLOOR, SPACE = (
 )
 STOREY_TYPES: Final = frozenset({"storey", "buildingstorey", "ifcbuildingstorey", "floor"})
 SPACE_TYPES: Final = frozenset({"space", "ifcspace", "room"})
+
+STATUSES: Final = StatusTable(
+    {
+        401: Unauthorized, 403: EndpointMisconfigured, 404: EndpointMisconfigured,
+        405: EndpointMisconfigured, 408: ServerError, 429: RateLimited,
+    },
+    client=RequestRejected,
+    retry_after=None,  # absent: the jittered backoff decides
+)  # fmt: skip
+"""The API's failure statuses: another 4xx is the request's fault (e.g. `limit` above the
+maximum), anything else is retried."""
 
 
 def external_id(kind: str, raw: object) -> str:
@@ -228,16 +243,6 @@ def _storey_above(element: Mapping[str, Any], by_id: Mapping[str, Mapping[str, A
     return None
 
 
-def _retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
-
-
 class BimlinkSource:
     """One BIMlink user's building structure, read in full at each `snapshot()`."""
 
@@ -384,7 +389,7 @@ class BimlinkSource:
                     raise
                 delay = self._backoff.delay(attempt, self._rand)
                 if isinstance(exc, RateLimited) and exc.retry_after is not None:
-                    delay = min(exc.retry_after, self.settings.max_retry_after_seconds)
+                    delay = exc.retry_after  # already bounded by max_retry_after_seconds
                 log.warning(
                     "%s: %s; retrying in %.1f s", self.name, exc, delay,
                     extra={"source": self.name, "attempt": attempt + 1},
@@ -396,44 +401,34 @@ class BimlinkSource:
         self, path: str, offset: int, what: str
     ) -> tuple[list[Any], int | None, int]:
         limit = self.settings.page_limit
-        url = f"{self._api}{path}"
-        try:
-            async with self._session.get(
-                url,
-                params={"limit": str(limit), "offset": str(offset)},
-                headers={hdrs.ACCEPT: "application/json"},
-                middlewares=(self._auth,),
-            ) as response:
-                status, body, headers = response.status, await response.read(), response.headers
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ServerError(f"BIMlink {path} unreachable: {type(exc).__name__}") from exc
+        answer = await send(
+            self._session, "GET", f"{self._api}{path}", what=f"BIMlink {path}",
+            params={"limit": str(limit), "offset": str(offset)},
+            headers={hdrs.ACCEPT: "application/json"}, middlewares=(self._auth,),
+        )  # fmt: skip
+        status = answer.status
         if status == 200:
-            return self._page(body, headers, path, limit)
-        detail = _detail(body)
+            return self._page(answer.body, answer.headers, path, limit)
+        detail = _detail(answer.body)
         where = f"BIMlink answered {status} for {path}"
-        if status == 429:
-            retry_after = _retry_after(headers.get(hdrs.RETRY_AFTER))
-            raise RateLimited(f"{where}: {detail}", retry_after=retry_after)
-        if status == 401:
-            raise Unauthorized(f"{where} even with a renewed token: {detail}", status=401)
-        if status == 403:
-            raise EndpointMisconfigured(
-                f"{where}: the user may not see {what}; remove it from domain_account_ids or "
-                "ask the domain account's administrator for access",
-                status=403,
-            )
-        if status in (404, 405):
-            raise EndpointMisconfigured(
-                f"{where}: check base_url ({self.settings.base_url}) and api_prefix "
-                f"({self.settings.api_prefix!r}) against BIMlink's Swagger; {detail}",
-                status=status,
-            )
-        if 400 <= status < 500 and status != 408:
-            raise RequestRejected(
-                f"{where}: {detail} (if it names the limit, lower page_limit, now {limit})",
-                status=status,
-            )
-        raise ServerError(f"{where}: {detail}", status=status)
+        wrong_url = (
+            f"{where}: check base_url ({self.settings.base_url}) and api_prefix "
+            f"({self.settings.api_prefix!r}) against BIMlink's Swagger; {detail}"
+        )
+        message = {
+            401: f"{where} even with a renewed token: {detail}",
+            403: f"{where}: the user may not see {what}; remove it from domain_account_ids or "
+            "ask the domain account's administrator for access",
+            404: wrong_url,
+            405: wrong_url,
+        }.get(status, f"{where}: {detail}")
+        kind = STATUSES.kind(status)
+        if kind is RequestRejected:
+            message += f" (if it names the limit, lower page_limit, now {limit})"
+        error = STATUSES.error(
+            answer, message, max_retry_after=self.settings.max_retry_after_seconds
+        )
+        raise error or ServerError(redact(message), status=status)
 
     def _page(
         self, body: bytes, headers: Mapping[str, str], path: str, limit: int

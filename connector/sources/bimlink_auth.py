@@ -8,7 +8,8 @@ working as long as it polls within that lifetime.
 
 Owns:
 - `RefreshTokenFile`: the token on disk, written atomically with mode 0600 (a group- or
-  world-readable file is tightened on read, or refused if that is impossible);
+  world-readable file is tightened on read, or refused if that is impossible; a symbolic
+  link, a file that is not regular, or one another user owns is refused);
 - `RefreshTokenGrant`: the `Grant` for `connector.auth.TokenProvider`; every rotated token is
   stored back before the new access token is used, so a crash never leaves only a revoked
   token on disk;
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import os
 import secrets
@@ -37,7 +39,8 @@ import anyio
 import orjson
 from aiohttp import web
 
-from connector.errors import ConnectorError, CredentialsRejected
+from connector.errors import ApiError, ConnectorError, CredentialsRejected
+from connector.http import send
 from connector.logs import get_logger
 
 if TYPE_CHECKING:
@@ -60,6 +63,7 @@ __all__ = [
 log = get_logger(__name__)
 
 _PRIVATE: Final = 0o600
+_MAX_FILE: Final = 64 * 1024  # a token file is a few hundred bytes
 
 
 def relogin_hint(path: Path) -> str:
@@ -87,29 +91,55 @@ class RefreshTokenFile:
         return f"RefreshTokenFile({str(self.path)!r})"
 
     def read(self) -> str:
-        """The stored token. Raises `CredentialsRejected` when there is none or the file is
-        readable by others and cannot be made private."""
+        """The stored token. Raises `CredentialsRejected` when there is none, when the path
+        is a symbolic link or not a regular file, when another user owns the file, or when
+        it is readable by others and cannot be made private.
+
+        The file is opened once without following a link (O_NOFOLLOW) and every check is
+        made on that open file (fstat, fchmod), so no link or swap between a check and the
+        read can send another file's content to the token endpoint."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO
         try:
-            mode = self.path.stat().st_mode
+            fd = os.open(self.path, flags)
         except FileNotFoundError:
             raise CredentialsRejected(
                 f"no BIMlink refresh token at {self.path}: {relogin_hint(self.path)}"
             ) from None
         except OSError as exc:
-            raise CredentialsRejected(f"cannot read {self.path}: {exc.strerror}") from exc
-        if stat.S_IMODE(mode) & 0o077:
-            try:
-                self.path.chmod(_PRIVATE)
-            except OSError as exc:
+            if exc.errno == errno.ELOOP:
                 raise CredentialsRejected(
-                    f"{self.path} holds a refresh token but others may read it, and it cannot "
-                    f"be made private ({exc.strerror}): chmod 600 {self.path}"
-                ) from exc
-            log.warning("tightened %s to mode 0600: it holds a refresh token", self.path)
-        try:
-            text = self.path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
+                    f"{self.path} is a symbolic link; a refresh token is read only from a "
+                    "regular file the connector's user owns: set refresh_token_file to the "
+                    "file itself, or replace the link with the file"
+                ) from None
             raise CredentialsRejected(f"cannot read {self.path}: {exc.strerror}") from exc
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise CredentialsRejected(
+                    f"{self.path} is not a regular file: set refresh_token_file to the file "
+                    f"the login wrote ({relogin_hint(self.path)})"
+                )
+            if info.st_uid != os.geteuid():
+                raise CredentialsRejected(
+                    f"{self.path} belongs to another user (uid {info.st_uid}), not to the "
+                    f"connector's user (uid {os.geteuid()}): run the connector as the file's "
+                    "owner, or log in again as the connector's user; a token file someone "
+                    "else can replace is not used"
+                )
+            if stat.S_IMODE(info.st_mode) & 0o077:
+                try:
+                    os.fchmod(fd, _PRIVATE)
+                except OSError as exc:
+                    raise CredentialsRejected(
+                        f"{self.path} holds a refresh token but others may read it, and it "
+                        f"cannot be made private ({exc.strerror}): chmod 600 {self.path}"
+                    ) from exc
+                log.warning("tightened %s to mode 0600: it holds a refresh token", self.path)
+            try:
+                text = handle.read(_MAX_FILE).decode("utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CredentialsRejected(f"cannot read {self.path}: {exc}") from exc
         token = text
         if text.startswith("{"):
             try:
@@ -426,17 +456,16 @@ async def _exchange(
     tls: ssl.SSLContext | bool = settings.tls_verify
     if settings.tls_verify and settings.ca_file is not None:
         tls = ssl.create_default_context(cafile=str(settings.ca_file))
+    where = f"token endpoint {settings.token_url}"
     try:
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.post(settings.token_url, data=form, allow_redirects=False, ssl=tls) as resp,
-        ):
-            status, body = resp.status, await resp.read()
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise LoginFailed(
-            f"token endpoint {settings.token_url} unreachable ({type(exc).__name__}): check "
-            "authority_url and the network, then log in again"
-        ) from exc
+        async with aiohttp.ClientSession(
+            timeout=timeout, connector=aiohttp.TCPConnector(ssl=tls), auto_decompress=False
+        ) as session:
+            answer = await send(session, "POST", settings.token_url, what=where, data=form)
+    except ApiError as exc:
+        then = "check authority_url and the network, then" if exc.retriable else "then"
+        raise LoginFailed(f"{exc}; {then} log in again") from exc
+    status, body = answer.status, answer.body
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -25,6 +25,9 @@ Errors: a credential or configuration a human must fix raises `CredentialsReject
 5xx, 401 after renewal and 429 raise the retriable `ServerError`, `Unauthorized` and
 `RateLimited`. A snapshot is complete or raises.
 
+Every request (discovery, token, API) goes through `connector.http.send`: no redirects, a
+capped body, transport errors mapped once.
+
 Must not: log a token, a password or a record's content; re-read a topology that did not change.
 """
 
@@ -38,22 +41,22 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
-import orjson
 from aiohttp import hdrs
 
-from connector.auth import BearerAuth, ClientCredentials, TokenProvider
+from connector.auth import BearerAuth, ClientCredentials, TokenProvider, auth_error
 from connector.entities import ENTITIES
 from connector.errors import (
-    TLS_HINT,
+    ApiError,
     CredentialsRejected,
     EndpointMisconfigured,
+    InvalidResponse,
     RateLimited,
     ServerError,
     TokenEndpointUnavailable,
     Unauthorized,
 )
-from connector.logs import get_logger
-from connector.ratelimit import retry_after_seconds
+from connector.http import StatusTable, send
+from connector.logs import get_logger, redact
 from connector.sources.base import Item
 
 if TYPE_CHECKING:
@@ -89,6 +92,13 @@ _BUILDING = frozenset({"ifcbuilding", "building"})
 _STOREY = frozenset({"ifcbuildingstorey", "buildingstorey", "storey", "floor"})
 _SPACE = frozenset({"ifcspace", "space", "room"})
 _POSTCODE = re.compile(r"^[\d\s-]+")
+
+STATUSES: Final = StatusTable(
+    {401: Unauthorized, 403: EndpointMisconfigured, 404: EndpointMisconfigured, 429: RateLimited},
+    client=ServerError,
+    retry_after=60.0,
+)
+"""The API's failure statuses; any other failure is a `ServerError` (retried next poll)."""
 
 
 # -- credentials ------------------------------------------------------------------------------
@@ -350,22 +360,17 @@ class BimplusSource:
             "e.g. https://api-stage.bimplus.net/v2/.well-known/openid-configuration"
         )
         try:
-            async with self._session.get(
-                url, headers={hdrs.ACCEPT: "application/json"}, allow_redirects=True
-            ) as response:
-                status, raw = response.status, await response.read()
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise CredentialsRejected(
-                f"TLS certificate verification failed for OIDC discovery {url}: {exc}; {TLS_HINT}"
-            ) from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TokenEndpointUnavailable(
-                f"OIDC discovery {url} unreachable: {type(exc).__name__}: {exc}; "
-                f"if this persists, {fix}"
-            ) from exc
+            answer = await send(
+                self._session, "GET", url, what=f"OIDC discovery {url}",
+                headers={hdrs.ACCEPT: "application/json"},
+            )  # fmt: skip
+        except ApiError as exc:
+            suffix = f"; if this persists, {fix}" if exc.retriable else ""
+            raise auth_error(exc, lambda text: f"{redact(text)}{suffix}") from exc
+        status = answer.status
         if status == 429 or status >= 500:
             raise TokenEndpointUnavailable(f"OIDC discovery {url} answered {status}", status=status)
-        document = _json(raw) if status == 200 else None
+        document = answer.json() if status == 200 else None
         endpoint = document.get("token_endpoint") if isinstance(document, dict) else None
         if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
             what = f"answered {status}" if status != 200 else "has no token_endpoint"
@@ -403,32 +408,22 @@ class BimplusSource:
         """GET `{base_url}{path}` with the token; the parsed JSON, or the connector's error."""
         auth = await self._bearer()
         url = f"{self._base}{path}"
-        try:
-            async with self._session.get(
-                url, headers={hdrs.ACCEPT: "application/json"}, middlewares=(auth,)
-            ) as response:
-                status, raw = response.status, await response.read()
-                retry_after = response.headers.get(hdrs.RETRY_AFTER)
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise EndpointMisconfigured(
-                f"TLS certificate verification failed for {url}: {exc}; {TLS_HINT}"
-            ) from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ServerError(f"GET {url} failed: {type(exc).__name__}: {exc}") from exc
-        payload = _json(raw)
-        if 200 <= status < 300:
+        answer = await send(
+            self._session, "GET", url, what=f"GET {url}",
+            headers={hdrs.ACCEPT: "application/json"}, middlewares=(auth,),
+        )  # fmt: skip
+        payload = answer.json()
+        if answer.ok:
             if payload is None:
-                raise ServerError(f"GET {url} answered {status} without JSON", status=status)
+                raise InvalidResponse(
+                    f"GET {url} answered {answer.status} without JSON", status=answer.status
+                )
             return payload
-        message = f"GET {url} answered {status}: {_message(payload, 'no details')}"
-        if status == 429:
-            wait = retry_after_seconds(retry_after, default=60.0, maximum=MAX_RETRY_AFTER)
-            raise RateLimited(message, retry_after=wait)
-        if status == 401:
-            raise Unauthorized(f"{message}; the token was refused even after renewal", status=401)
-        if status in (403, 404):
-            raise EndpointMisconfigured(message, status=status)
-        raise ServerError(message, status=status)
+        message = f"GET {url} answered {answer.status}: {_message(payload, 'no details')}"
+        if answer.status == 401:
+            message += "; the token was refused even after renewal"
+        error = STATUSES.error(answer, message, max_retry_after=MAX_RETRY_AFTER)
+        raise error or ServerError(redact(message), status=answer.status)
 
     async def team(self) -> str:
         """The team slug to read: `team_slug` if the user belongs to it, else the user's only
@@ -523,13 +518,6 @@ class BimplusSource:
 class _Topology:
     items: list[Item]
     orphans: int
-
-
-def _json(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        return None
 
 
 def _message(payload: Any, fallback: str) -> str:

@@ -43,7 +43,7 @@ def check(tmp_path: Path, url: str, **sink: str) -> tuple[int, str, str]:
         **sink,
     }
     out, err = io.StringIO(), io.StringIO()
-    code = main(["check", "--config", str(write(tmp_path, **values))], out, err)
+    code = main(["check", "--skip-kafka", "--config", str(write(tmp_path, **values))], out, err)
     return code, out.getvalue(), err.getvalue()
 
 
