@@ -9,22 +9,34 @@ Must not: print or log a secret (secrets are `SecretStr`, masked in every repr a
 
 Environment overrides: the key path in upper case, sections joined by a double underscore,
 after the prefix `CONNECTOR_`, e.g. `CONNECTOR_KAFKA__BOOTSTRAP_SERVERS=broker:9092` or
-`CONNECTOR_SINK__RATE_LIMIT__REQUESTS=50`. Values are read as YAML scalars or flow lists
-(`CONNECTOR_KAFKA__TOPICS='[a, b]'`).
+`CONNECTOR_SINK__RATE_LIMIT__REQUESTS=50`. Text keys (IDs, URLs, secrets, file paths, and every
+`…_file`) are taken verbatim, so a secret `abc #1`, `&pw`, `~` or `null` stays what it is; a list
+key takes `a,b` or a YAML flow list `[a, b]`; numbers, booleans and mappings are read as YAML.
+A problem with such a value names the variable, not the file.
+
+Unsafe settings that a user may need (plain http:// to another host, `tls_verify: false`, a
+secret file other users may read, a scope that names a permission) load, with a warning each
+in `Settings.warnings`, also logged at WARNING by `load_settings`. Settings that cannot work
+(a token renewal on a non-4xx status or on 429, an infinite timeout) are problems.
 """
 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
+import types
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -32,7 +44,10 @@ from pydantic import (
     model_validator,
 )
 
+from connector.entities import ENTITIES, SITE_TYPES, find_entity
 from connector.errors import ConfigError
+from connector.logs import get_logger, redact, register_secret
+from connector.mapping import CompiledMapping, compile_mapping
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -44,6 +59,8 @@ __all__ = [
     "BimplusSourceSettings",
     "KafkaSettings",
     "LoggingSettings",
+    "MappingFieldSettings",
+    "MappingSettings",
     "MetricsSettings",
     "PipelineSettings",
     "RateLimitSettings",
@@ -67,7 +84,11 @@ SECRET_FILE_KEYS: tuple[tuple[str, ...], ...] = (
 SOURCE_SECRET_KEYS: tuple[str, ...] = ("client_secret", "password")
 
 PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
+# Seconds: finite (YAML's .inf would make a timeout that never fires, a pause that never ends).
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+log = get_logger(__name__)
 
 
 class _Section(BaseModel):
@@ -84,6 +105,25 @@ def _http_url(value: str) -> str:
     if not value.startswith(("http://", "https://")) or value.endswith("://"):
         raise ValueError("must be an http:// or https:// URL")
     return value.rstrip("/")
+
+
+def _site_type(value: str) -> str:
+    if value not in SITE_TYPES:
+        raise ValueError(f"must be a BuildingMinds site type: {', '.join(sorted(SITE_TYPES))}")
+    return value
+
+
+def _topic_name(value: str) -> str:
+    """Kafka's own rule for a topic name (so a typo is a config error, not a broker error)."""
+    if not value or len(value) > 249 or value in (".", "..") or not set(value) <= _TOPIC_CHARS:
+        raise ValueError(
+            f"{value!r} is not a Kafka topic name: letters, digits, '.', '_' and '-', "
+            "at most 249 characters"
+        )
+    return value
+
+
+_TOPIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
 class KafkaSettings(_Section):
@@ -113,8 +153,6 @@ class KafkaSettings(_Section):
     @field_validator("topic_entities")
     @classmethod
     def _known_entities(cls, value: dict[str, str]) -> dict[str, str]:
-        from connector.entities import ENTITIES, find_entity  # noqa: PLC0415 - avoids a cycle
-
         unknown = [f"{t}: {e}" for t, e in value.items() if find_entity(e) is None]
         if unknown:
             known = ", ".join(sorted(x.endpoint for x in ENTITIES.values()))
@@ -126,7 +164,14 @@ class KafkaSettings(_Section):
     def _topics_not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value or any(not t.strip() for t in value):
             raise ValueError("needs at least one topic name, and no empty names")
+        for topic in value:
+            _topic_name(topic)
         return value
+
+    @field_validator("dead_letter_topic")
+    @classmethod
+    def _dead_letter_topic_name(cls, value: str) -> str:
+        return _topic_name(value)
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
@@ -158,6 +203,14 @@ _TYPE_KEYS: dict[str, tuple[str, ...]] = {
     "buildingminds": ("scope",),
     "buildingx": ("audience", "partition_id"),
 }
+# Every key that means something for one sink type only; the summary leaves out the others'.
+_TYPE_ONLY_KEYS: dict[str, tuple[str, ...]] = {
+    "buildingminds": ("scope",),
+    "buildingx": (
+        "audience", "partition_id", "point_field", "point_ids", "overwrite_values",
+        "parent_wait_seconds",
+    ),
+}  # fmt: skip
 
 
 class SinkSettings(_Section):
@@ -184,14 +237,14 @@ class SinkSettings(_Section):
     """buildingx: that field's value -> Building X point id (unmapped values are used as is)."""
     overwrite_values: bool = True
     """buildingx: send point values with `overwrite=true`, so a corrected reading replaces."""
-    parent_wait_seconds: Annotated[float, Field(ge=0)] = 600.0
+    parent_wait_seconds: NonNegativeFloat = 600.0
     """buildingx: how long a location waits for its parent before it is dead-lettered."""
     rate_limit: RateLimitSettings = RateLimitSettings()
     request_timeout_seconds: PositiveFloat = 30.0
     tls_verify: bool = True
     ca_file: Path | None = None
     token_renew_statuses: tuple[int, ...] = (401,)
-    token_skew_seconds: Annotated[float, Field(ge=0)] = 300.0
+    token_skew_seconds: NonNegativeFloat = 300.0
     max_retry_after_seconds: PositiveFloat = 120.0
     retry_backoff_seconds: PositiveFloat = 0.5
     retry_backoff_max_seconds: PositiveFloat = 60.0
@@ -206,6 +259,22 @@ class SinkSettings(_Section):
     @classmethod
     def _ca_exists(cls, value: Path | None) -> Path | None:
         return _existing_file(value)
+
+    @field_validator("token_renew_statuses")
+    @classmethod
+    def _renewal_statuses(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        wrong = [s for s in value if not 400 <= s <= 499]
+        if wrong:
+            raise ValueError(
+                f"{', '.join(map(str, wrong))}: only a 4xx status can mean the token expired "
+                "(usually 401); renewing on any other answer would resend every request"
+            )
+        if 429 in value:
+            raise ValueError(
+                "429 is the rate limit, which the connector answers by waiting Retry-After; "
+                "renewing the token on it would only add requests"
+            )
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -252,9 +321,18 @@ class SinkSettings(_Section):
 
     @property
     def token_scope(self) -> str:
-        """The scope sent to the token endpoint: the client-credentials flow needs `/.default`."""
+        """The scope sent to the token endpoint.
+
+        Entra's client-credentials flow takes `<resource>/.default`, so a bare resource
+        (`api://bm-prod`) gets `/.default` appended. A scope that already names a permission
+        after the resource (`api://bm-prod/user_impersonation`) is sent as given: appending
+        would make `…/user_impersonation/.default`, a resource that does not exist
+        (`scope_permission` says why it is likely wrong, as a config warning).
+        """
         scope = self.scope or ""
-        return scope if scope.endswith("/.default") else f"{scope}/.default"
+        if scope.endswith("/.default") or scope_permission(scope) is not None:
+            return scope
+        return f"{scope.rstrip('/')}/.default"
 
 
 class WindowSettings(_Section):
@@ -290,7 +368,11 @@ class TrackingSettings(_Section):
     commit_on: Literal["completed", "accepted"] = "completed"
     poll_interval_seconds: PositiveFloat = 5.0
     max_poll_share: Annotated[float, Field(gt=0, le=1)] = 0.2
-    parent_patience_seconds: Annotated[float, Field(ge=0)] = 600.0
+    parent_patience_seconds: NonNegativeFloat = 600.0
+    lost_after_seconds: PositiveFloat = 600.0
+    """A batch neither the listing nor a lookup by its ID has shown this long is lost."""
+    lost_retries: Annotated[int, Field(ge=0, le=100)] = 3
+    """How often a lost batch's records are sent again before they are dead-lettered."""
 
 
 class SourceSettings(_Section):
@@ -346,7 +428,7 @@ class BimlinkSourceSettings(SourceSettings):
     default_city: str = "Unknown"
     valid_from: str = "1900-01-01T00:00:00Z"
     valid_until: str = "9999-12-31T23:59:59Z"
-    token_skew_seconds: Annotated[float, Field(ge=0)] = 60.0
+    token_skew_seconds: NonNegativeFloat = 60.0
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 4
     """Tries per API request (5xx, resets, timeouts, 429) before the poll fails and backs off."""
     max_retry_after_seconds: PositiveFloat = 60.0
@@ -386,11 +468,7 @@ class BimlinkSourceSettings(SourceSettings):
     @field_validator("site_type")
     @classmethod
     def _bimlink_site_type(cls, value: str) -> str:
-        from connector.emulators.buildingminds_model import SITE_TYPES  # noqa: PLC0415
-
-        if value not in SITE_TYPES:
-            raise ValueError(f"must be a BuildingMinds site type: {', '.join(sorted(SITE_TYPES))}")
-        return value
+        return _site_type(value)
 
     @field_validator("default_country")
     @classmethod
@@ -451,19 +529,21 @@ class BimplusSourceSettings(SourceSettings):
     password: SecretStr | None = None
     application_id: str | None = None
     team_slug: str | None = None
-    site_type: Literal[
-        "Education", "Health Care", "Hotel", "Industrial", "Lodging", "Leisure & Recreation",
-        "Mixed Use", "Office", "Residential", "Retail", "Technology/Science", "Other",
-    ] = "Other"  # fmt: skip
+    site_type: str = "Other"
     """BuildingMinds Site `type` of every project (Bimplus has no such field)."""
     default_country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] = "DE"
     default_city: str = "Unknown"
-    token_skew_seconds: Annotated[float, Field(ge=0)] = 300.0
+    token_skew_seconds: NonNegativeFloat = 300.0
 
     @field_validator("base_url", "discovery_url")
     @classmethod
     def _bimplus_urls(cls, value: str | None) -> str | None:
         return None if value is None else _http_url(value)
+
+    @field_validator("site_type")
+    @classmethod
+    def _bimplus_site_type(cls, value: str) -> str:
+        return _site_type(value)
 
     @field_validator("team_slug")
     @classmethod
@@ -509,6 +589,65 @@ AnySourceSettings = Annotated[
 ]
 
 
+class MappingFieldSettings(_Section):
+    """A mapped field with an explicit conversion: `{expr: opened, convert: date}`."""
+
+    expr: str
+    convert: str | None = None
+
+
+class MappingSettings(_Section):
+    """Rows of one topic (or of one Debezium source table) -> records of one platform entity.
+
+    docs/mapping.md has the whole reference. Compiled once here, so a bad expression is a
+    configuration problem reported with its key path, never a failure at run time.
+    """
+
+    topic: str | None = None
+    table: str | None = None
+    entity: str
+    id: str
+    fields: dict[str, str | MappingFieldSettings] = {}
+    constants: dict[str, Any] = {}
+    filter: str | None = None
+    on_delete: Literal["delete", "ignore"] = "delete"
+
+    _compiled: CompiledMapping | None = PrivateAttr(default=None)
+
+    @field_validator("entity")
+    @classmethod
+    def _known_entity(cls, value: str) -> str:
+        if find_entity(value) is None:
+            known = ", ".join(sorted(e.endpoint for e in ENTITIES.values()))
+            raise ValueError(f"unknown entity {value!r}; one of: {known}")
+        return value
+
+    @model_validator(mode="after")
+    def _compile(self) -> MappingSettings:
+        if (self.topic is None) == (self.table is None):
+            raise ValueError("give exactly one of topic (a Kafka topic) or table (source.table)")
+        fields = {
+            name: spec if isinstance(spec, str) else {"expr": spec.expr, "convert": spec.convert}
+            for name, spec in self.fields.items()
+        }
+        entity = find_entity(self.entity)
+        if entity is not None and entity.id_field in fields:
+            raise ValueError(
+                f"fields.{entity.id_field}: the external ID comes from `id`, not from fields"
+            )
+        compiled = compile_mapping(
+            entity=self.entity, id_template=self.id, fields=fields,  # type: ignore[arg-type]
+            constants=self.constants, filter_expression=self.filter, on_delete=self.on_delete,
+        )  # fmt: skip
+        self._compiled = compiled
+        return self
+
+    @property
+    def compiled(self) -> CompiledMapping:
+        assert self._compiled is not None  # noqa: S101 - set by the validator
+        return self._compiled
+
+
 class MetricsSettings(_Section):
     """The HTTP port that serves /metrics, /healthz and /readyz (0 turns it off)."""
 
@@ -533,10 +672,35 @@ class Settings(_Section):
     logging: LoggingSettings = LoggingSettings()
     sources: tuple[AnySourceSettings, ...] = ()
     """Platforms polled into Kafka by the same process (BIMlink, Bimplus); none by default."""
+    mappings: tuple[MappingSettings, ...] = ()
+    """Source rows -> platform records, per topic or source table (docs/mapping.md)."""
+
+    @field_validator("mappings")
+    @classmethod
+    def _one_mapping_each(cls, value: tuple[MappingSettings, ...]) -> tuple[MappingSettings, ...]:
+        seen: set[str] = set()
+        for m in value:
+            name = f"topic {m.topic}" if m.topic else f"table {m.table}"
+            if name in seen:
+                raise ValueError(f"two mappings for {name}; merge them into one")
+            seen.add(name)
+        return value
+
+    _warnings: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Unsafe settings this configuration chose, one sentence each (logged at load)."""
+        return self._warnings
 
     def summary(self) -> dict[str, Any]:
-        """The settings as plain data with every secret masked, for `check` and start-up logs."""
+        """The settings as plain data for `check` and start-up logs: every secret masked, the
+        user and password of a URL masked, and the sink's keys only of its own type."""
         masked: dict[str, Any] = _mask(self.model_dump(mode="python"))
+        own = _TYPE_ONLY_KEYS[self.sink.type]
+        others = {k for t, keys in _TYPE_ONLY_KEYS.items() if t != self.sink.type for k in keys}
+        for key in others - set(own):
+            masked["sink"].pop(key, None)
         return masked
 
 
@@ -549,6 +713,8 @@ def _mask(value: Any) -> Any:
         return [_mask(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, str):
+        return redact(value)  # https://user:password@host -> https://***@host
     return value
 
 
@@ -557,27 +723,51 @@ def env_name(path: tuple[str | int, ...]) -> str:
     return ENV_PREFIX + "__".join(str(p).upper() for p in path)
 
 
+def scope_permission(scope: str) -> str | None:
+    """The permission a scope names after its resource (`api://x/user_impersonation` ->
+    `user_impersonation`), or None for a bare resource (`api://x`, `api://x/`, a GUID) or a
+    `/.default` scope. Entra reads the last path segment as the permission."""
+    rest = scope.split("://", 1)[1] if "://" in scope else scope
+    if "/" not in rest.rstrip("/"):
+        return None
+    last = rest.rstrip("/").rsplit("/", 1)[1]
+    return None if last == ".default" else last
+
+
+# Where a key's value came from, when not from the file: key path -> environment variable.
+_Origins = dict[tuple[str, ...], str]
+
+
 def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -> Settings:
     """Read, overlay and validate the configuration.
 
     `path` may be None to configure from the environment alone. Raises `ConfigError` listing
-    every problem found; never returns a partly valid result.
+    every problem found; never returns a partly valid result. On success, registers every
+    configured secret with `logs.register_secret` (so no log line can show one) and logs each
+    of `Settings.warnings` at WARNING.
     """
     environ = os.environ if environ is None else environ
     problems: list[str] = []
+    warnings: list[str] = []
+    origins: _Origins = {}
     raw: dict[str, Any] = {}
     if path is not None:
         raw = _read_yaml(path, problems)
         if problems:  # what follows would only repeat "required" for every key
             raise ConfigError(problems)
-    _overlay_environment(raw, environ, problems)
-    _read_secret_files(raw, problems)
+    _overlay_environment(raw, environ, problems, origins)
+    _read_secret_files(raw, problems, warnings, origins)
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        problems.extend(_describe(err) for err in exc.errors())
+        problems.extend(_describe(err, origins) for err in exc.errors())
     else:
         if not problems:
+            _register_secrets(settings)
+            warnings.extend(_unsafe_choices(settings))
+            settings._warnings = tuple(warnings)
+            for warning in warnings:
+                log.warning("configuration: %s", warning)
             return settings
     raise ConfigError(problems)
 
@@ -591,9 +781,7 @@ def _read_yaml(path: Path, problems: list[str]) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problems.append(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}")
+        problems.append(f"{path}: not valid YAML{_yaml_where(exc)}")
         return {}
     if data is None:
         return {}
@@ -603,8 +791,36 @@ def _read_yaml(path: Path, problems: list[str]) -> dict[str, Any]:
     return dict(data)
 
 
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """Where a YAML problem starts, and what it is.
+
+    PyYAML's `problem_mark` is where it gave up: for an unclosed quote or bracket that is the
+    end of the file, far below the mistake. Its `context_mark` is where the construct began
+    (the opening quote). The line shown is the context's when the parser ran to the end of the
+    file, else the problem's; the other line follows when it differs.
+    """
+    problem = getattr(exc, "problem", None)
+    problem_mark = getattr(exc, "problem_mark", None)
+    context = getattr(exc, "context", None)
+    context_mark = getattr(exc, "context_mark", None)
+    if problem_mark is None:
+        return f": {problem or exc}"
+    at_end = problem_mark.buffer is not None and problem_mark.index >= len(problem_mark.buffer) - 1
+    text = f"{context}, {problem}" if context else str(problem)
+    if context_mark is not None and at_end:
+        where, other = context_mark, problem_mark
+        last_line = other.line + (1 if other.column else 0)  # the end of the file
+        note = f" (still open at the end of the file, line {last_line})"
+    else:
+        where, other, note = problem_mark, context_mark, ""
+        if other is not None and other.line != where.line:
+            what = str(context).removeprefix("while parsing ").removeprefix("while scanning ")
+            note = f" ({what} starts at line {other.line + 1})"
+    return f" at line {where.line + 1}, column {where.column + 1}: {text}{note}"
+
+
 def _overlay_environment(
-    raw: dict[str, Any], environ: Mapping[str, str], problems: list[str]
+    raw: dict[str, Any], environ: Mapping[str, str], problems: list[str], origins: _Origins
 ) -> None:
     for name in sorted(environ):
         if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
@@ -613,79 +829,204 @@ def _overlay_environment(
         if any(not k for k in keys):
             problems.append(f"{name}: malformed variable name; join keys with '__'")
             continue
-        try:
-            value = yaml.safe_load(environ[name]) if environ[name] else ""
-        except yaml.YAMLError:
-            value = environ[name]
-        if value is None:
-            value = ""
-        if isinstance(value, int | float) and not isinstance(value, bool) and _is_text(keys):
-            value = environ[name]  # an ID or a secret that happens to look like a number
-        _place(raw, name, keys, value, problems)
+        value = _env_value(environ[name], _kind_of(raw, keys))
+        if _place(raw, name, keys, value, problems):
+            origins[tuple(keys)] = name
+
+
+def _env_value(text: str, kind: str) -> Any:
+    """One variable's value: verbatim for text, split at commas for a list, else YAML."""
+    if kind == "text":
+        return text
+    if kind == "list" and not text.lstrip().startswith("["):
+        return [item.strip() for item in text.split(",")] if text.strip() else []
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    return "" if value is None else value
+
+
+def _field_of(raw: dict[str, Any], keys: list[str]) -> Any:
+    """The pydantic field at `keys` (an item of `sources` by its `type`), or None."""
+    model: type[BaseModel] | None = _FIELD_SETS.get(".".join(keys[:-1]))
+    if keys[0] == "sources" and len(keys) == 3 and keys[1].isdigit():
+        items = raw.get("sources")
+        item = items[int(keys[1])] if isinstance(items, list) and int(keys[1]) < len(items) else {}
+        model = _SOURCE_SETS.get(str(item.get("type"))) if isinstance(item, dict) else None
+    return model.model_fields.get(keys[-1]) if model is not None else None
+
+
+def _kind_of(raw: dict[str, Any], keys: list[str]) -> str:
+    """'text' (a string, secret or path: taken verbatim), 'list', or 'yaml' (anything else)."""
+    if keys[-1].endswith("_file"):  # client_secret_file, refresh_token_file, ...: a path
+        return "text"
+    field = _field_of(raw, keys)
+    if field is None:
+        return "yaml"
+    kinds = set()
+    for arg in _union_members(field.annotation):
+        origin = typing.get_origin(arg) or arg
+        if origin in (str, SecretStr, Path):
+            kinds.add("text")
+        elif origin in (tuple, list):
+            kinds.add("list")
+        elif arg is not type(None):
+            kinds.add("yaml")
+    return kinds.pop() if len(kinds) == 1 else "yaml"
+
+
+def _union_members(annotation: Any) -> tuple[Any, ...]:
+    if typing.get_origin(annotation) is Annotated:
+        return _union_members(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return tuple(m for a in typing.get_args(annotation) for m in _union_members(a))
+    return (annotation,)
 
 
 def _place(
     raw: dict[str, Any], name: str, keys: list[str], value: Any, problems: list[str]
-) -> None:
+) -> bool:
     """Put one environment value at its key path; list items are named by index."""
     node: Any = raw
     for key in keys[:-1]:
         if isinstance(node, list):  # CONNECTOR_SOURCES__0__CLIENT_ID: an item of a list
             if not key.isdigit() or int(key) >= len(node):
                 problems.append(f"{name}: '{key}' is not an index of that list")
-                return
+                return False
             child = node[int(key)]
         else:
             child = node.setdefault(key, {})
         if not isinstance(child, dict | list):
             problems.append(f"{name}: '{key}' is not a section")
-            return
+            return False
         node = child
     if isinstance(node, list):
         problems.append(f"{name}: name a key of one list item, e.g. CONNECTOR_SOURCES__0__NAME")
-    else:
-        node[keys[-1]] = value
+        return False
+    node[keys[-1]] = value
+    return True
 
 
-_TEXT_KEYS = {
-    "client_id", "client_secret", "scope", "group_id", "sasl_password", "sasl_username",
-    "password", "username", "partition_id", "application_id", "team_slug", "name",
-}  # fmt: skip
-
-
-def _is_text(keys: list[str]) -> bool:
-    return keys[-1] in _TEXT_KEYS
-
-
-def _secret_places(raw: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
-    """(dotted parent, mapping, key) for every place a secret may be given as `<key>_file`."""
-    places: list[tuple[str, dict[str, Any], str]] = []
+def _secret_places(raw: dict[str, Any]) -> list[tuple[tuple[str, ...], dict[str, Any], str]]:
+    """(parent path, mapping, key) for every place a secret may be given as `<key>_file`."""
+    places: list[tuple[tuple[str, ...], dict[str, Any], str]] = []
     for *sections, key in SECRET_FILE_KEYS:
         node: Any = raw
         for section in sections:
             node = node.get(section) if isinstance(node, dict) else None
         if isinstance(node, dict):
-            places.append((".".join(sections), node, key))
+            places.append((tuple(sections), node, key))
     sources = raw.get("sources")
     for index, item in enumerate(sources if isinstance(sources, list) else []):
         if isinstance(item, dict):
-            places.extend((f"sources.{index}", item, key) for key in SOURCE_SECRET_KEYS)
+            places.extend((("sources", str(index)), item, key) for key in SOURCE_SECRET_KEYS)
     return places
 
 
-def _read_secret_files(raw: dict[str, Any], problems: list[str]) -> None:
+def _read_secret_files(
+    raw: dict[str, Any], problems: list[str], warnings: list[str], origins: _Origins
+) -> None:
     for parent, node, key in _secret_places(raw):
         if f"{key}_file" not in node:
             continue
-        dotted = f"{parent}.{key}"
+        dotted = ".".join((*parent, key))
+        where = _named(f"{dotted}_file", origins.get((*parent, f"{key}_file")))
         file_value = node.pop(f"{key}_file")
         if key in node and node[key] not in (None, ""):
             problems.append(f"{dotted}: set either {key} or {key}_file, not both")
             continue
+        secret_file = Path(str(file_value))
         try:
-            node[key] = Path(str(file_value)).read_text(encoding="utf-8").strip()
+            node[key] = secret_file.read_text(encoding="utf-8").strip()
+            mode = secret_file.stat().st_mode & 0o777
         except OSError as exc:
-            problems.append(f"{dotted}_file: cannot read {file_value} ({exc.strerror})")
+            problems.append(f"{where}: cannot read {file_value} ({exc.strerror})")
+            continue
+        if mode & 0o077:
+            warnings.append(
+                f"{where}: {file_value} may be read by other users (mode {mode:04o}); "
+                f"chmod 600 it (Kubernetes: a secret volume's defaultMode: 0400)"
+            )
+
+
+def _named(dotted: str, variable: str | None) -> str:
+    return dotted if variable is None else f"{variable} ({dotted})"
+
+
+def _register_secrets(settings: Settings) -> None:
+    """Every configured secret, so `logs.redact` masks it wherever it turns up."""
+
+    def walk(value: Any) -> None:
+        if isinstance(value, SecretStr):
+            register_secret(value.get_secret_value(), permanent=True)
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+        elif isinstance(value, tuple):
+            for item in value:
+                walk(item)
+
+    walk(settings)
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None or host == "localhost" or host.endswith(".localhost"):
+        return host is not None
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _unsafe_choices(settings: Settings) -> list[str]:
+    """One warning per setting a user may need but should know is unsafe."""
+    found: list[str] = []
+    sink = settings.sink
+    urls: list[tuple[str, str | None]] = [
+        ("sink.base_url", sink.base_url), ("sink.token_url", sink.token_url),
+    ]  # fmt: skip
+    tls: list[tuple[str, bool]] = [("sink", sink.tls_verify)]
+    for index, source in enumerate(settings.sources):
+        prefix = f"sources.{index}"
+        tls.append((prefix, source.tls_verify))
+        if isinstance(source, BimlinkSourceSettings):
+            urls += [(f"{prefix}.base_url", source.base_url)]
+            urls += [(f"{prefix}.authority_url", source.authority_url)]
+        else:
+            urls += [(f"{prefix}.base_url", source.base_url)]
+            urls += [(f"{prefix}.discovery_url", source.discovery_url)]
+    for key, url in urls:
+        if url is None:
+            continue
+        parts = urlsplit(url)
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            found.append(
+                f"{key}: {redact(url)} is plain http:// to another host: the credential, the "
+                "token and the data cross the network unencrypted; use https://"
+            )
+        if parts.username is not None or parts.password is not None:
+            found.append(
+                f"{key}: {redact(url)} carries a user name or password; the connector signs in "
+                "with its client credentials, so remove them from the URL"
+            )
+    for section, verify in tls:
+        if not verify:
+            found.append(
+                f"{section}.tls_verify is false: certificates are not checked, so anyone on "
+                f"the path can read the token and the data; set {section}.ca_file to your "
+                "CA bundle instead"
+            )
+    permission = scope_permission(sink.scope or "") if sink.type == "buildingminds" else None
+    if permission is not None:
+        resource = (sink.scope or "").rstrip("/").rsplit("/", 1)[0]
+        found.append(
+            f"sink.scope {sink.scope!r} names the permission {permission!r}, so it is sent as "
+            "given; Entra's client-credentials flow takes only '<resource>/.default': if the "
+            f"token endpoint answers AADSTS1002012 or AADSTS70011, set {resource!r} (sent as "
+            f"'{resource}/.default')"
+        )
+    return found
 
 
 _FIELD_SETS: dict[str, type[BaseModel]] = {
@@ -706,8 +1047,12 @@ _SOURCE_SETS: dict[str, type[BaseModel]] = {
     "bimplus": BimplusSourceSettings,
 }
 
+_LIST_HINT = (
+    "a list: in the file [a, b] or one item per '- ' line; in an environment variable a,b or [a, b]"
+)
 
-def _describe(err: Any) -> str:
+
+def _describe(err: Any, origins: _Origins) -> str:
     loc = tuple(err["loc"])
     model_of_parent: type[BaseModel] | None = _FIELD_SETS.get(".".join(str(p) for p in loc[:-1]))
     if len(loc) >= 3 and loc[0] == "sources" and isinstance(loc[1], int) and loc[2] in _SOURCE_SETS:
@@ -715,6 +1060,10 @@ def _describe(err: Any) -> str:
         model_of_parent = _SOURCE_SETS[str(loc[2])] if len(loc) == 4 else None
         loc = (*loc[:2], *loc[3:])
     dotted = ".".join(str(p) for p in loc) or "(top level)"
+    path = tuple(str(p) for p in loc)
+    variable = next(
+        (origins[path[:n]] for n in range(len(path), 0, -1) if path[:n] in origins), None
+    )
     kind = err["type"]
     if kind == "missing":
         hint = f"required: set it in the config file or in {env_name(loc)}"
@@ -724,8 +1073,13 @@ def _describe(err: Any) -> str:
     if kind == "extra_forbidden":
         known = list(model_of_parent.model_fields) if model_of_parent else []
         close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        if variable is not None:
+            suggestion = f"; did you mean {env_name((*loc[:-1], close[0]))}?" if close else ""
+            return f"{variable}: no such setting ({dotted}){suggestion}"
         suggestion = f"; did you mean '{close[0]}'?" if close else ""
         choices = f" (known keys: {', '.join(known)})" if known and not close else ""
         return f"{dotted}: unknown key{suggestion}{choices}"
     message = str(err["msg"]).removeprefix("Value error, ")
-    return f"{dotted}: {message}"
+    if kind in ("tuple_type", "list_type"):
+        message = f"{message}: {_LIST_HINT}"
+    return f"{_named(dotted, variable)}: {message}"

@@ -1,7 +1,8 @@
 """The BuildingMinds entity catalogue: endpoint, external-ID field, required fields, parents.
 
-Owns the facts of ../shared/reference/building-apis.md §1A in one table, so decoding, the
-sink and the emulator agree on them. Fields marked inferred there are inferred here too.
+Owns the facts of the platform's API reference (its entity catalogue) in one table, so
+decoding, the sink and the emulator agree on them. Fields marked inferred there are
+inferred here too.
 
 Must not: hold behaviour; it is data plus lookups.
 """
@@ -12,7 +13,7 @@ import functools
 import re
 from dataclasses import dataclass
 
-__all__ = ["ENTITIES", "Entity", "entity_for_event_type", "find_entity"]
+__all__ = ["ENTITIES", "SITE_TYPES", "Entity", "entity_for_event_type", "find_entity"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,15 @@ _CATALOGUE = (
 )  # fmt: skip
 
 ENTITIES: dict[str, Entity] = {e.name: e for e in _CATALOGUE}
+
+# The values the platform takes for a Site's `type`: config checks a
+# source's `site_type` against them, and the emulator validates records with them.
+SITE_TYPES: frozenset[str] = frozenset(
+    {
+        "Education", "Health Care", "Hotel", "Industrial", "Lodging", "Leisure & Recreation",
+        "Mixed Use", "Office", "Residential", "Retail", "Technology/Science", "Other",
+    }
+)  # fmt: skip
 
 _ALIASES: dict[str, Entity] = {}
 for _e in _CATALOGUE:

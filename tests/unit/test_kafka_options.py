@@ -53,6 +53,12 @@ def test_missing_certificate_files_are_config_errors_naming_the_key() -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(None, env)
     assert caught.value.problems == [
-        "kafka.ssl_cafile: file /nonexistent/ca.pem does not exist or is not a file",
-        "sink.ca_file: file /nonexistent/api-ca.pem does not exist or is not a file",
+        (
+            "CONNECTOR_KAFKA__SSL_CAFILE (kafka.ssl_cafile): file /nonexistent/ca.pem "
+            "does not exist or is not a file"
+        ),
+        (
+            "CONNECTOR_SINK__CA_FILE (sink.ca_file): file /nonexistent/api-ca.pem "
+            "does not exist or is not a file"
+        ),
     ]
