@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import orjson
 
-__all__ = ["OPS", "Key", "Row", "parse_key", "read_row"]
+__all__ = ["OPS", "Key", "Row", "parse_key", "read_row", "unwrap"]
 
 Kind = Literal["Added", "Updated", "Deleted"]
 
@@ -35,6 +35,9 @@ OPS: dict[str, Kind | None] = {
     "t": None,
     "m": None,
 }
+
+# JsonConverter's envelope around a value with its schema (`schema` may be absent or null)
+_WRAPPER = frozenset({"schema", "payload"})
 
 _STRUCT_TEXT = re.compile(r"^Struct\{(.*)\}$", re.DOTALL)
 
@@ -88,7 +91,7 @@ def _json_key(raw: bytes, text: str) -> Key:
         return Key(text=text)
     if not isinstance(obj, dict):
         return Key(text=text)
-    if "schema" in obj and "payload" in obj:
+    if "payload" in obj and obj.keys() <= _WRAPPER:
         wrapped = obj["payload"]
         if isinstance(wrapped, dict):
             return Key(fields=wrapped)
@@ -125,22 +128,26 @@ class Row:
     snapshot: bool
 
 
+def unwrap(obj: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """(schema, value) of JsonConverter's `{"schema": …, "payload": {…}}`; else (None, obj)."""
+    wrapped = obj.get("payload")
+    if isinstance(wrapped, dict) and obj.keys() <= _WRAPPER:
+        return obj.get("schema"), wrapped
+    return None, obj
+
+
 def read_row(obj: dict[str, Any]) -> Row | None:
     """The row change `obj` stands for, or None when it is not a Debezium shape.
 
     `obj` is a decoded JSON object; the `{"schema", "payload"}` wrapper is removed here.
     """
-    schema: Any = None
-    body = obj
-    wrapped = obj.get("payload")
-    if "schema" in obj and isinstance(wrapped, dict):
-        schema, body = obj.get("schema"), wrapped
+    schema, body = unwrap(obj)
     op = body.get("op")
     if isinstance(op, str) and any(k in body for k in ("after", "before", "source")):
         return _envelope(op, body, schema)
     if "__deleted" in body or "__op" in body:
         return _flat(body, schema)
-    if schema is not None:
+    if body is not obj and schema is not None and "eventType" not in body:
         # a flattened row inside the wrapper, without the __ fields: an upsert of the row
         return Row("u", "Updated", dict(body), None, schema, snapshot=False)
     return None

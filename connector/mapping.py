@@ -26,7 +26,7 @@ import decimal
 import re
 import string
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import jmespath
 from jmespath.exceptions import JMESPathError
@@ -38,6 +38,7 @@ __all__ = [
     "CONVERSIONS",
     "CompiledMapping",
     "MappingFailed",
+    "MappingRule",
     "compile_mapping",
     "convert",
     "schema_conversions",
@@ -145,6 +146,19 @@ def schema_conversions(schema: Any) -> dict[str, tuple[Conversion, int]]:
         except (TypeError, ValueError):
             found[name] = (how, 0)
     return found
+
+
+class MappingRule(Protocol):
+    """What decoding reads of a configured mapping (`config.MappingSettings` fits)."""
+
+    @property
+    def topic(self) -> str | None: ...
+    @property
+    def table(self) -> str | None: ...
+    @property
+    def entity(self) -> str: ...
+    @property
+    def compiled(self) -> CompiledMapping: ...
 
 
 @dataclass(frozen=True, slots=True)

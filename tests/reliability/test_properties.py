@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +27,13 @@ class Rec:
 
 DECODER = Decoder({"mapped": "floor"}, max_record_bytes=4096)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(2**63, 2**70)
+    | st.floats()  # NaN and infinities too: written as NaN / Infinity, which JSON refuses
+    | st.text(max_size=20)
+    | st.sampled_from(["\ud800", "x\udfff"]),  # lone surrogates: orjson refuses them
     lambda inner: (
         st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5)
     ),
@@ -42,7 +51,13 @@ records = st.dictionaries(field_names, json_values | st.sampled_from(
 @given(
     topic=st.sampled_from(["mapped", "other"]),
     key=st.none() | st.binary(max_size=60),
-    value=st.none() | st.binary(max_size=200) | records.map(orjson.dumps),
+    value=st.none()
+    | st.binary(max_size=200)
+    | records.map(lambda r: json.dumps(r).encode())
+    # a run of 24 digits sends any value, valid or not, through the exact (stdlib) path
+    | st.tuples(st.binary(max_size=80), st.binary(max_size=80)).map(
+        lambda t: t[0] + b"123456789012345678901234" + t[1]
+    ),
 )
 def test_decode_never_raises_and_every_change_is_well_formed(
     topic: str, key: bytes | None, value: bytes | None
@@ -50,12 +65,45 @@ def test_decode_never_raises_and_every_change_is_well_formed(
     result = DECODER.decode(Rec(topic, key, value))
     assert isinstance(result, Change | Rejection)
     if isinstance(result, Change):
-        body = orjson.loads(result.payload)
+        body = json.loads(result.payload)  # not orjson: it reads integers beyond 64 bits as floats
         assert body[result.entity.id_field] == result.external_id
         assert 1 <= len(result.external_id) <= 50
+        assert not result.external_id.isspace()
+        assert all(unicodedata.category(ch) != "Cc" for ch in result.external_id)
         assert body["eventType"] in result.entity.event_types
     else:
         assert result.message
+
+
+@settings(max_examples=300)
+@given(number=st.integers() | st.integers(2**63, 2**80) | st.integers(-(2**80), -(2**63)))
+def test_every_integer_reaches_the_payload_as_written(number: int) -> None:
+    value = b'{"eventType": "MeterUpdated", "meterId": "m-1", "buildingId": "b", "n": %d}' % number
+    result = DECODER.decode(Rec("other", None, value))
+    assert isinstance(result, Change), result
+    assert json.loads(result.payload)["n"] == number
+
+
+@settings(max_examples=300)
+@given(
+    number=st.integers(10**19, 10**40) | st.integers(-(10**40), -(10**19)),
+    text=st.text(st.characters(blacklist_categories=()), max_size=8)
+    | st.sampled_from(["\ud800", "a\udfffb"]),  # lone surrogates, which orjson refuses
+    real=st.floats(),  # NaN and infinities are written as NaN / Infinity, which JSON refuses
+    tail=st.sampled_from(["", ', "g": 1e400', ', "g": -1e999']),  # beyond a double
+)
+def test_the_exact_path_never_raises_and_sends_only_json(
+    number: int, text: str, real: float, tail: str
+) -> None:
+    record = {"eventType": "BuildingAdded", "buildingId": "b", "n": number, "s": text, "f": real}
+    value = (json.dumps(record)[:-1] + tail + "}").encode()
+    result = DECODER.decode(Rec("other", None, value))
+    assert isinstance(result, Change | Rejection)
+    if isinstance(result, Change):
+        body = json.loads(result.payload, parse_constant=lambda c: pytest.fail(f"sent {c}"))
+        assert body["n"] == number
+        assert all(abs(v) != float("inf") for v in body.values() if isinstance(v, float))
+        result.payload.decode("utf-8")
 
 
 class Clock:

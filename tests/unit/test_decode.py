@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import orjson
@@ -152,3 +153,76 @@ def test_a_pending_change_holds_about_its_own_size_in_memory() -> None:
     finally:
         tracemalloc.stop()
     assert per_change < 600, f"{per_change:.0f} bytes per pending change"
+
+
+# --- numbers and IDs the probe found changed or let through ------------------------------
+
+BIG = 123456789012345678901234567890
+
+
+@pytest.mark.parametrize(
+    "number",
+    [BIG, -BIG, 2**64, -(2**63) - 1, 10**400, 2**64 - 1, -(2**63)],
+    ids=["30-digits", "minus-30-digits", "2**64", "-2**63-1", "10**400", "u64-max", "i64-min"],
+)
+def test_integers_of_any_size_reach_the_platform_exactly(number: int) -> None:
+    """orjson reads integers beyond 64 bits as floats: 1.2345678901234568e+29 was sent."""
+    value = b'{"eventType": "MeterUpdated", "meterId": "m-1", "buildingId": "b-1", "reading": %d}'
+    c = change("t", None, value % number)
+    assert f'"reading":{number}'.encode() in c.payload
+    assert json.loads(c.payload)["reading"] == number
+
+
+def test_an_integer_id_beyond_64_bits_keeps_every_digit() -> None:
+    c = change("t", None, b'{"eventType": "BuildingAdded", "buildingId": %d}' % BIG)
+    assert c.external_id == str(BIG)
+    assert json.loads(c.payload)["buildingId"] == str(BIG)
+
+
+def test_the_exact_path_is_as_strict_as_orjson() -> None:
+    """A value that takes the exact path (a long digit run) is still refused when it is bad."""
+    long_run = b'"x": 123456789012345678901234567890'
+    for bad in (
+        b"{" + long_run + b", NaN: 1}",
+        b'{"v": NaN, ' + long_run + b"}",
+        b'{"v": Infinity, ' + long_run + b"}",
+        b'{"v": 1e400, ' + long_run + b"}",  # the standard library reads inf, sent as Infinity
+        b'{"v": "\\ud800", ' + long_run + b"}",  # a lone surrogate: it cannot be sent
+        b'{"v": "\xff", ' + long_run + b"}",
+        b"\xef\xbb\xbf{" + long_run + b"}",
+    ):
+        assert rejection("t", b"k", bad).reason is Reason.INVALID_JSON, bad
+    huge = b'{"eventType": "BuildingAdded", "buildingId": "b", "n": 1' + b"0" * 5000 + b"}"
+    result = Decoder({}, max_record_bytes=8192).decode(Rec("t", None, huge))
+    assert isinstance(result, Rejection)
+    assert result.reason is Reason.INVALID_RECORD  # beyond Python's 4,300-digit limit
+    text_run = {"eventType": "BuildingAdded", "buildingId": "b-1", "iban": "0" * 30}
+    assert orjson.loads(change("t", None, text_run).payload)["iban"] == "0" * 30
+
+
+@pytest.mark.parametrize(
+    ("key", "own", "message"),
+    [
+        (b"   ", None, "buildingId must not be blank"),
+        (None, " \t ", "buildingId must not be blank"),
+        (None, "b-1\x07", "buildingId contains a control character U+0007"),
+        (b"b-1\n", None, "buildingId contains a control character U+000A"),
+        (None, "b\x00-1", "buildingId contains a control character U+0000"),
+        (None, "b-1\x85", "buildingId contains a control character U+0085"),
+    ],
+)
+def test_blank_ids_and_ids_with_control_characters_are_dead_lettered(
+    key: bytes | None, own: str | None, message: str
+) -> None:
+    value: dict[str, object] = {"eventType": "BuildingAdded"}
+    if own is not None:
+        value["buildingId"] = own
+    r = rejection("t", key, value)
+    assert (r.reason, r.message) == (Reason.INVALID_RECORD, message)
+
+
+def test_ids_with_other_characters_pass() -> None:
+    for eid in ("b 1", "Gebäude-1", "b\u00a01", "建物-1"):
+        assert (
+            change("t", None, {"eventType": "BuildingAdded", "buildingId": eid}).external_id == eid
+        )
