@@ -1,6 +1,6 @@
 """building-twin-connector: Kafka change events onboarded into building digital-twin platforms.
 
-The package is laid out in the order a record travels (see DESIGN.md §2):
+The package is laid out in the order a record travels (see docs/design.md §2):
 config → source → decode → window → ratelimit → auth → sinks → tracker, with deadletter,
 metrics, logs and errors beside them, and `app` wiring them together.
 """

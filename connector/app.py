@@ -1,14 +1,23 @@
 """The app: wires source → decode → window → scheduler → sink, and owns the lifecycle.
 
 One task group owns every task: the consume loop, the scheduler, one task per request in
-flight, the commit loop, the signal watcher and the metrics server.
+flight, the commit loop and the signal watcher.
+
+Start (`run_connector`): one INFO line naming the version, sink, topics and group; the
+metrics port, bound before Kafka is touched (`StartupFailed` when it is busy); Kafka, waited
+for with backoff for as long as it takes (`/healthz` 200, `/readyz` 503 meanwhile); then the
+pipeline. Fetched batches are parsed by `kafkarecords`, so a record aiokafka cannot decode (a
+header key that is not UTF-8) is dead-lettered as `undecodable_record` instead of stopping the
+consumer; a batch it cannot parse at all (a compression codec this process lacks) is read
+record by record and each record it cannot hand over is dead-lettered by its coordinates.
 
 Commit order (the rule everything else serves): a record's offset is finished when the platform
 accepted it, when its dead letter was acknowledged, or when a newer version of the same ID that
 stands for it finished; `OffsetTracker` commits the contiguous finished prefix, as the next
 offset to read, on an interval, on revoke and at shutdown. Nothing else commits.
 
-Shutdown (SIGTERM/SIGINT): readiness off; stop fetching; close every pending request at once;
+Shutdown (SIGTERM, SIGINT or SIGHUP, at any moment; before the pipeline runs a signal just
+ends the start): readiness off; stop fetching; close every pending request at once;
 wait for in-flight requests and dead letters up to `shutdown_grace_seconds`; commit; close the
 consumer, the producer and the HTTP session; one summary log line; exit 0. A second signal
 stops at once (what was not committed is read again on restart).
@@ -19,7 +28,7 @@ Must not: block the event loop, or finish an offset before its outcome is certai
 from __future__ import annotations
 
 import contextlib
-import functools
+import errno
 import signal
 import ssl
 import time
@@ -30,28 +39,42 @@ import aiohttp
 import anyio
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import (
+    CommitFailedError,
+    CorruptRecordException,
+    KafkaConnectionError,
+    KafkaError,
+    UnsupportedCodecError,
+)
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from connector import __version__
 from connector.auth import BearerAuth, ClientCredentials, TokenProvider
-from connector.deadletter import DeadLetter, DeadLetterWriter
-from connector.decode import Decoder, Reason, Rejection
+from connector.deadletter import DeadLetter, DeadLetterLog, DeadLetterWriter
+from connector.decode import Change, Decoder, Reason, Rejection, Skip
 from connector.errors import (
     AuthError,
     ConnectorError,
     CredentialsRejected,
     EndpointMisconfigured,
+    InvalidResponse,
     RateLimited,
     RequestRejected,
+    ResponseTooLarge,
     ServerError,
     TokenEndpointUnavailable,
     Unauthorized,
 )
+from connector.kafkarecords import install as install_tolerant_records
+from connector.kafkarecords import undecodable_header_keys
 from connector.logs import get_logger
 from connector.metrics import Metrics
 from connector.offsets import OffsetTracker, TopicPartitionKey
 from connector.ratelimit import Backoff, BudgetShare, RollingWindowLimiter
+from connector.signals import SIGNALS
 from connector.sinks.buildingminds import BuildingMindsSink
 from connector.sinks.buildingx import APIS as BUILDINGX_APIS
 from connector.sinks.buildingx import BuildingXSink
@@ -65,6 +88,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from connector.config import RateLimitSettings, Settings, SourceSettings
+    from connector.signals import EarlySignals
     from connector.sinks.base import Sink, SubmitResult
 
 __all__ = [
@@ -78,12 +102,28 @@ __all__ = [
 
 log = get_logger(__name__)
 
+# what aiokafka raises from `getmany` when it cannot parse a fetched batch (a compression codec
+# this process lacks, a corrupt batch): the records, not the connection, are at fault
+_UNREADABLE = (CorruptRecordException, UnsupportedCodecError, UnicodeDecodeError, ValueError)
+STEP_LIMIT = 5000  # records read one at a time per partition after an unreadable batch
+STEP_WAIT_MS = 300  # and how long each single read waits for a fetch
+
 # retry reasons are a small fixed label set (connector_api_retries_total{reason})
 _RETRY_REASONS: dict[type[Exception], str] = {
+    InvalidResponse: "invalid_response",
+    ResponseTooLarge: "response_too_large",
     ServerError: "server_error",
     Unauthorized: "unauthorized",
     TokenEndpointUnavailable: "token_unavailable",
 }
+
+
+def _retry_reason(exc: Exception) -> str:
+    """The label of a retry: the nearest class of `exc` in `_RETRY_REASONS`."""
+    for cls in type(exc).__mro__:
+        if cls in _RETRY_REASONS:
+            return _RETRY_REASONS[cls]
+    return "other"
 
 
 def kafka_options(settings: Settings) -> dict[str, Any]:
@@ -117,6 +157,7 @@ class _Stats:
     delivered: int = 0
     dead_lettered: int = 0
     coalesced: int = 0
+    skipped: int = 0
     requests: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -156,7 +197,9 @@ class Pipeline:
         self.limiter = limiter
         self.metrics = metrics
         self.clock = clock
-        self.decoder = Decoder(settings.kafka.topic_entities, settings.window.max_record_bytes)
+        self.decoder = Decoder(
+            settings.kafka.topic_entities, settings.window.max_record_bytes, settings.mappings
+        )
         self.window = Window(
             max_records=settings.window.max_records,
             max_request_bytes=settings.window.max_request_bytes,
@@ -177,11 +220,14 @@ class Pipeline:
                 submissions_waiting=lambda: self.window.ready(self._held) is not None,
                 poll_interval=t.poll_interval_seconds, max_poll_share=t.max_poll_share,
                 parent_patience=t.parent_patience_seconds, clock=clock, on_poll=metrics.polled,
+                lost_after=getattr(t, "lost_after_seconds", 600.0),
             )  # fmt: skip
         self.backoff = Backoff(
             base=settings.sink.retry_backoff_seconds, cap=settings.sink.retry_backoff_max_seconds
         )
         self.stats = _Stats()
+        self.dead_letter_log = DeadLetterLog(clock=clock)
+        self.group_lost_since: float | None = None  # Kafka's group coordinator is unreachable
         self.ready = False
         self.draining = False
         self._held: dict[str, float] = {}  # endpoint -> clock time it may be tried again
@@ -195,6 +241,7 @@ class Pipeline:
         self._drain_requested = anyio.Event()
         self._drained = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
+        self._outer: anyio.CancelScope | None = None
 
     # ---------------------------------------------------------------- intake
     def _notify(self) -> None:
@@ -204,20 +251,98 @@ class Pipeline:
         while not self.draining:
             self.heartbeat = self.clock()
             self._apply_backpressure()
-            batches = await self.consumer.getmany(timeout_ms=200, max_records=2000)
-            for tp, records in batches.items():
-                key = TopicPartitionKey(tp.topic, tp.partition)
-                for rec in records:
-                    self._take_in(key, rec)
-                self.metrics.consumed(tp.topic, len(records))
-                self.stats.consumed += len(records)
-            if batches:
-                self.metrics.set_pending(self.window.pending_records + self._dead_letters_open)
-                self._notify()
+            try:
+                batches = await self.consumer.getmany(timeout_ms=200, max_records=2000)
+            except _UNREADABLE as exc:
+                await self._step_past_unreadable(exc)
+                continue
+            self._take_in_all(batches)
+
+    def _take_in_all(self, batches: dict[Any, list[Any]]) -> None:
+        for tp, records in batches.items():
+            key = TopicPartitionKey(tp.topic, tp.partition)
+            for rec in records:
+                self._take_in(key, rec)
+            self.metrics.consumed(tp.topic, len(records))
+            self.stats.consumed += len(records)
+        if batches:
+            self.metrics.set_pending(self.window.pending_records + self._dead_letters_open)
+            self._notify()
+
+    async def _step_past_unreadable(self, first: Exception) -> None:
+        """aiokafka could not parse a fetched batch (`kafkarecords` reads what it can): find
+        the records at fault and dead-letter them by their coordinates.
+
+        The failed `getmany` had already moved the positions of whatever it drained from other
+        partitions, so every partition goes back to where this pipeline stopped taking in.
+        Then each is read one record at a time: a record that fails twice at the same position
+        (once could be a corrupt fetch) is dead-lettered as `undecodable_record` with only its
+        coordinates (neither key nor value could be read), and reading goes on after it."""
+        log.error(
+            "a fetched batch could not be read (%s): reading record by record; what cannot be "
+            "read is dead-lettered by its coordinates (for a compression codec: install it)",
+            first,
+        )
+        for tp in self.consumer.assignment():
+            await self._rewind(tp)
+        for tp in sorted(self.consumer.assignment()):
+            key = TopicPartitionKey(tp.topic, tp.partition)
+            failed_at: int | None = None
+            settle = False  # a seek leaves one stale, empty answer behind
+            for _ in range(STEP_LIMIT):
+                if self.draining:
+                    return
+                try:
+                    got = await self.consumer.getmany(tp, timeout_ms=STEP_WAIT_MS, max_records=1)
+                except _UNREADABLE as exc:
+                    position = await self.consumer.position(tp)
+                    if failed_at != position:
+                        failed_at = position  # once more, from a fresh fetch
+                    else:
+                        self._unreadable(key, position, exc)
+                        failed_at = None
+                        position += 1
+                    self.consumer.seek(tp, position)
+                    settle = True
+                    continue
+                if not got:
+                    if settle:
+                        settle = False
+                        continue
+                    break  # this partition's fetched data is taken in
+                self._take_in_all(got)
+
+    async def _rewind(self, tp: TopicPartition) -> None:
+        """Seek `tp` to the first offset not taken in yet (from the group's commit if none)."""
+        offset = self.offsets.next_offset(TopicPartitionKey(tp.topic, tp.partition))
+        if offset is None:
+            offset = await self.consumer.committed(tp)
+        if offset is None:
+            await self.consumer.seek_to_beginning(tp)  # auto_offset_reset is earliest
+        else:
+            self.consumer.seek(tp, offset)
+
+    def _unreadable(self, key: TopicPartitionKey, offset: int, exc: Exception) -> None:
+        self.offsets.track(key, offset)
+        self.metrics.consumed(key.topic)
+        self.stats.consumed += 1
+        letter = DeadLetter(
+            key=None, value=None, headers=[], reason=Reason.UNDECODABLE_RECORD,
+            message=f"the record could not be read ({type(exc).__name__}: {exc}); only its "
+            "coordinates are known",
+            topic=key.topic, partition=key.partition, offset=offset,
+        )  # fmt: skip
+        self._start(self._dead_letter, letter, Reason.UNDECODABLE_RECORD, [Ref(key, offset, 0)])
 
     def _take_in(self, key: TopicPartitionKey, rec: Any) -> None:
         self.offsets.track(key, rec.offset)
-        result = self.decoder.decode(rec)
+        result: Change | Rejection | Skip
+        if undecodable := undecodable_header_keys(rec.headers or ()):
+            # read by `kafkarecords`' lenient parser: aiokafka could not decode its header keys
+            shown = ", ".join(repr(k.encode("utf-8", "surrogateescape")) for k in undecodable)
+            result = Rejection(Reason.UNDECODABLE_RECORD, f"header key is not UTF-8: {shown}")
+        else:
+            result = self.decoder.decode(rec)
         if isinstance(result, Rejection):
             letter = DeadLetter(
                 key=rec.key, value=rec.value, headers=list(rec.headers or ()),
@@ -227,6 +352,11 @@ class Pipeline:
             )  # fmt: skip
             refs = [Ref(key, rec.offset, rec.timestamp)]
             self._start(self._dead_letter, letter, result.reason, refs)
+            return
+        if isinstance(result, Skip):  # changes nothing on the platform: finished as it is
+            self.offsets.finish(key, rec.offset)
+            self.metrics.skipped(result.why)
+            self.stats.skipped += 1
             return
         ref = Ref(key, rec.offset, rec.timestamp, rec.key, tuple(rec.headers or ()))
         if self.window.add(result, ref):
@@ -360,7 +490,7 @@ class Pipeline:
                 if not exc.retriable:
                     raise
                 self.metrics.request(endpoint, "retriable_error")
-                self.metrics.retry(_RETRY_REASONS.get(type(exc), "other"))
+                self.metrics.retry(_retry_reason(exc))
                 delay = self.backoff.delay(attempt)
                 attempt += 1
                 log.warning(
@@ -422,8 +552,12 @@ class Pipeline:
         else:
             self.window.finish(batch)
         self.metrics.request(endpoint, "partial" if failed else "accepted")
-        self.metrics.delivered(endpoint, delivered, latencies)
-        self.stats.delivered += delivered
+        # a tracked record is counted delivered once, at its final status (`_terminal`): one
+        # that fails asynchronously is a dead letter, not also a delivery, and a lost batch's
+        # re-submission is not counted twice; its acceptance latency is observed now
+        counted = 0 if tracking else delivered
+        self.metrics.delivered(endpoint, counted, latencies)
+        self.stats.delivered += counted
         log.info(
             "batch accepted: /%s %d records, %d rejected", endpoint, len(batch.slots), len(failed),
             extra={
@@ -434,10 +568,41 @@ class Pipeline:
         )  # fmt: skip
 
     async def _terminal(self, batch: Batch, batch_id: str, outcome: Outcome) -> None:
-        """The tracker's report: dead-letter the asynchronous failures, finish the rest."""
+        """The tracker's report: dead-letter the asynchronous failures, finish the rest.
+
+        A lost batch's records are sent again (the platform upserts by external ID) until
+        `tracking.lost_retries` re-submissions were lost too; then they are dead-lettered as
+        `batch_lost`. The records it refused synchronously were dead-lettered already."""
         assert self.tracker is not None  # noqa: S101 - only the tracker calls this
         completed_mode = self.settings.tracking.commit_on == "completed"
         now_ms = time.time() * 1000
+        lost_retries: int = getattr(self.settings.tracking, "lost_retries", 3)
+        if outcome.lost and outcome.resubmissions < lost_retries:
+            again = [batch.slots[i] for i in outcome.lost]
+            refused = [s for i, s in enumerate(batch.slots) if i not in set(outcome.lost)]
+            if refused:  # their IDs are released now; the rest stay in flight
+                self.window.finish(Batch(batch.entity, refused, 0))
+            size = 2 + sum(len(s.change.payload) for s in again) + len(again) - 1
+            resend = Batch(batch.entity, again, size)
+            self.tracker.resubmitting(resend, outcome.resubmissions + 1)
+            self.metrics.retry("batch_lost")
+            self._in_flight += 1  # from now, so that a drain waits for the re-submission
+            self._start(self._resubmit_lost, resend)
+            log.warning(
+                "batch %s lost: sending its %d records again (re-submission %d of %d)",
+                batch_id, len(again), outcome.resubmissions + 1, lost_retries,
+                extra={"endpoint": batch.entity.endpoint, "batch_id": batch_id},
+            )  # fmt: skip
+            self.metrics.set_tracking(self.tracker.tracked, self.tracker.waiting_for_parent())
+            return
+        for index in outcome.lost:  # out of re-submissions
+            await self._dead_letter_slot(
+                batch.slots[index], reason=Reason.BATCH_LOST,
+                message=f"the platform lost batch {batch_id} and {outcome.resubmissions} "
+                "re-submission(s) of these records: no status after "
+                f"{self.tracker.lost_after:.0f} s, not even by its ID",
+                status=None, batch_id=batch_id, request_id=None,
+            )  # fmt: skip
         for index, (status, message) in outcome.failed.items():
             slot = batch.slots[index]
             self.metrics.terminal(status)
@@ -448,7 +613,7 @@ class Pipeline:
             )  # fmt: skip
         succeeded = 0
         for index, slot in enumerate(batch.slots):
-            if index in outcome.failed:
+            if index in outcome.failed or outcome.lost:
                 continue
             if index in outcome.waiting:
                 self.metrics.terminal("waiting_for_parent")
@@ -458,16 +623,35 @@ class Pipeline:
             if completed_mode:
                 self._finish_refs(slot.refs)
         self.metrics.terminal(batch.entity.success_status, succeeded)
+        settled = succeeded + sum(1 for i in outcome.waiting if i not in outcome.failed)
+        if not outcome.lost:  # (waiting children were accepted; they onboard with the parent)
+            self.metrics.delivered(batch.entity.endpoint, settled, [])
+            self.stats.delivered += settled
         self.window.finish(batch)
         self.metrics.set_tracking(self.tracker.tracked, self.tracker.waiting_for_parent())
         self._check_idle()
         self._notify()
         log.info(
-            "batch terminal: /%s %s, %d failed, %d waiting for a parent",
+            "batch terminal: /%s %s, %d failed, %d waiting for a parent, %d lost",
             batch.entity.endpoint, batch_id, len(outcome.failed), len(outcome.waiting),
+            len(outcome.lost),
             extra={"endpoint": batch.entity.endpoint, "batch_id": batch_id,
                    "statuses": outcome.statuses},
         )  # fmt: skip
+
+    async def _resubmit_lost(self, batch: Batch) -> None:
+        """Send the records of a lost batch again, like the scheduler would: a request slot,
+        then the budget. `_terminal` counted it in flight already."""
+        assert self.tracker is not None  # noqa: S101 - only a lost batch comes here
+        try:
+            async with self._requests:
+                await self._submit(batch, have_slot=False)
+        finally:
+            self.tracker.resubmission_ended(batch)
+            self._in_flight -= 1
+            self._check_idle()
+            self.metrics.set_in_flight(self._in_flight)
+            self._notify()
 
     def _finish_refs(self, refs: list[Ref]) -> None:
         for ref in refs:
@@ -508,6 +692,7 @@ class Pipeline:
                     log.warning("dead-letter write failed (%s); retry in %.2f s", exc, delay)
                     await anyio.sleep(delay)
             self.stats.dead_lettered += 1
+            self.dead_letter_log.written(letter, reason)
             self._finish_refs(refs)
         finally:
             self._dead_letters_open -= 1
@@ -547,8 +732,33 @@ class Pipeline:
         while True:
             await anyio.sleep(self.settings.pipeline.commit_interval_seconds)
             self.budget.tick()
+            self.dead_letter_log.tick()
+            self._watch_group()
             await self.commit()
             self._update_lag()
+
+    def _watch_group(self) -> None:
+        """Log the loss of the consumer group's coordinator once, and its return once.
+
+        aiokafka says nothing public about it: its coordinator forgets the node
+        (`coordinator_id` None) at the first failed heartbeat, commit or lookup, and finds it
+        again when the broker is back. /readyz is not ready meanwhile."""
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        lost = (
+            self.rebalances > 0
+            and coordinator is not None
+            and getattr(coordinator, "coordinator_id", 0) is None
+        )
+        now = self.clock()
+        if lost and self.group_lost_since is None:
+            self.group_lost_since = now
+            log.warning(
+                "Kafka group coordinator lost: not ready, retrying (aiokafka's repeated lines "
+                "are rate-limited meanwhile)"
+            )
+        elif not lost and self.group_lost_since is not None:
+            log.info("Kafka group coordinator back after %.0f s", now - self.group_lost_since)
+            self.group_lost_since = None
 
     def _update_lag(self) -> None:
         """Lag = the log end minus the first unfinished record (what a restart would re-read)."""
@@ -594,18 +804,11 @@ class Pipeline:
         )
 
     # ---------------------------------------------------------------- lifecycle
-    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                if not self.draining:
-                    log.info("%s received: draining", signal.Signals(signum).name)
-                    self.begin_drain()
-                else:
-                    log.warning(
-                        "second signal: stopping now; uncommitted records will be read again"
-                    )
-                    scope.cancel()
-                    return
+    def stop_now(self) -> None:
+        """A second signal: end every task now, then commit what is finished (up to 10 s)."""
+        self.begin_drain()
+        if self._outer is not None:
+            self._outer.cancel()
 
     def begin_drain(self) -> None:
         """Stop intake, close every pending request now, and let in-flight work finish."""
@@ -621,18 +824,17 @@ class Pipeline:
         self._drained.set()
 
     async def run(
-        self,
-        *,
-        handle_signals: bool = True,
-        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run until drained (SIGTERM/SIGINT or `begin_drain`), then commit. Returns normally."""
+        """Run until drained (`begin_drain`, or `stop_now`), then commit. Returns normally.
+
+        Signals are `run_connector`'s: it calls `begin_drain` on the first, `stop_now` on the
+        second."""
         grace = self.settings.pipeline.shutdown_grace_seconds
         with anyio.CancelScope() as outer:
+            self._outer = outer
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                if handle_signals:
-                    tg.start_soon(self._watch_signals, outer)
                 tg.start_soon(self._commit_loop)
                 tg.start_soon(self._consume)
                 if self.tracker is not None:
@@ -654,6 +856,7 @@ class Pipeline:
                 tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True), anyio.move_on_after(10):
             await self.commit()
+        self.dead_letter_log.tick(force=True)
         self.stopped.set()
         elapsed = time.monotonic() - self.stats.started
         log.info(
@@ -693,14 +896,19 @@ def source_session(source: SourceSettings) -> aiohttp.ClientSession:
 
 
 def http_session(*, verify: bool, ca_file: Path | None, timeout: float) -> aiohttp.ClientSession:
-    """A session that verifies certificates (against `ca_file` when given) unless told not to."""
+    """A session that verifies certificates (against `ca_file` when given) unless told not to.
+
+    Requests go through `connector.http.send`, which decompresses bodies itself within its
+    cap; the session never does (`auto_decompress=False`)."""
     context: ssl.SSLContext | bool = True
     if not verify:
         context = False
     elif ca_file:
         context = ssl.create_default_context(cafile=str(ca_file))
     connector = aiohttp.TCPConnector(ssl=context, limit=32)
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout), connector=connector)
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=timeout), connector=connector, auto_decompress=False
+    )
 
 
 def budget_limiter(rate: RateLimitSettings) -> RollingWindowLimiter:
@@ -756,10 +964,30 @@ async def build_sink(
     ), provider
 
 
-async def _serve_metrics(
-    settings: Settings, registry: CollectorRegistry, pipeline: Pipeline,
-    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-) -> None:  # fmt: skip
+class StartupFailed(ConnectorError):
+    """`run` could not start; the message names the setting to change (fatal)."""
+
+
+class _Status:
+    """What the HTTP endpoints see and what a stop signal acts on, as `run` gets going.
+
+    Until the pipeline runs (`pipeline` is None) a signal cancels `starting` (waiting for
+    Kafka, connecting): nothing was consumed, so there is nothing to drain."""
+
+    def __init__(self) -> None:
+        self.pipeline: Pipeline | None = None
+        self.stop_requested = False
+        self.starting = anyio.CancelScope()
+        self.everything = anyio.CancelScope()
+
+
+async def _bind_metrics(
+    settings: Settings, registry: CollectorRegistry, status: _Status
+) -> web.AppRunner:
+    """Listen on `metrics.port` before Kafka is touched, so a busy port stops `run` at once
+    (one line naming the key) instead of after a needless group join. Returns the runner;
+    the caller cleans it up."""
+
     async def metrics_handler(_: web.Request) -> web.Response:
         return web.Response(
             body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
@@ -768,7 +996,11 @@ async def _serve_metrics(
     async def healthz(_: web.Request) -> web.Response:
         """Liveness: the consume loop turned recently (it turns every 200 ms, paused or not).
 
-        Never a dependency check: a broker or API outage must not get the pod restarted."""
+        Never a dependency check: a broker or API outage must not get the pod restarted, so
+        waiting for Kafka at start is healthy too."""
+        pipeline = status.pipeline
+        if pipeline is None:
+            return web.json_response({"status": "starting", "seconds_since_progress": 0})
         stalled = pipeline.clock() - pipeline.heartbeat
         ok = stalled < STALL_SECONDS or pipeline.draining
         return web.json_response(
@@ -777,11 +1009,14 @@ async def _serve_metrics(
         )
 
     async def readyz(_: web.Request) -> web.Response:
-        """Readiness: joined the group (holds an assignment), holds a token, not draining."""
+        """Readiness: joined the group (holds an assignment), the group's coordinator is
+        reachable, holds a token, not draining."""
+        pipeline = status.pipeline
         checks = {
-            "joined": pipeline.rebalances > 0,
-            "token": pipeline.has_token(),
-            "not_draining": pipeline.ready and not pipeline.draining,
+            "joined": pipeline is not None and pipeline.rebalances > 0,
+            "kafka": pipeline is not None and pipeline.group_lost_since is None,
+            "token": pipeline is not None and pipeline.has_token(),
+            "not_draining": pipeline is not None and pipeline.ready and not pipeline.draining,
         }
         ok = all(checks.values())
         return web.json_response({"ready": ok, **checks}, status=200 if ok else 503)
@@ -790,16 +1025,16 @@ async def _serve_metrics(
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    port = settings.metrics.port
     try:
-        site = web.TCPSite(runner, settings.metrics.host, settings.metrics.port)
-        await site.start()
-        task_status.started()
-        await anyio.sleep_forever()
-    finally:
-        with anyio.CancelScope(shield=True):
-            await runner.cleanup()
+        await web.TCPSite(runner, settings.metrics.host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        what = "is in use" if exc.errno == errno.EADDRINUSE else "cannot be listened on"
+        raise StartupFailed(f"metrics.port {port} {what}: {exc.strerror or exc}") from None
+    return runner
 
 
 async def _pollers(
@@ -823,62 +1058,196 @@ async def _pollers(
     return pollers
 
 
+async def _topic_max_bytes(admin: AIOKafkaAdminClient, topic: str) -> int | None:
+    """The topic's `max.message.bytes`; None when the topic does not exist (yet) or the
+    broker does not say."""
+    resource = ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": None})
+    for response in await admin.describe_configs([resource]):
+        for error_code, _, _, _, entries in response.resources:
+            if error_code:
+                return None
+            for name, value, *_ in entries:
+                if name == "max.message.bytes" and value and value.isdigit():
+                    return int(value)
+    return None
+
+
+async def _connect(
+    settings: Settings, producer: AIOKafkaProducer, consumer: AIOKafkaConsumer
+) -> int | None:
+    """Start the producer and the consumer, waiting for Kafka as long as it takes.
+
+    A broker that is not reachable yet (a pod that starts before Kafka) is waited for with
+    backoff up to 30 s, logging one line per attempt; other Kafka errors (authentication,
+    TLS) are raised. Returns the dead-letter topic's `max.message.bytes`, when it is known."""
+    since: float | None = None
+    attempt = 0
+    limit: int | None = None
+    steps = [producer.start, consumer.start]  # each once: a retry goes on where it failed
+    while True:
+        admin = AIOKafkaAdminClient(**kafka_options(settings))
+        try:
+            await admin.start()
+            limit = await _topic_max_bytes(admin, settings.kafka.dead_letter_topic)
+            while steps:
+                await steps[0]()
+                steps.pop(0)
+        except KafkaConnectionError as exc:
+            now = time.time()
+            since = since or now
+            delay = min(2.0**attempt, 30.0)
+            attempt += 1
+            log.warning(
+                "Kafka unreachable since %s (%.0f s), retrying in %.0f s: %s",
+                time.strftime("%H:%M:%SZ", time.gmtime(since)), now - since, delay, exc,
+                extra={"bootstrap_servers": settings.kafka.bootstrap_servers},
+            )  # fmt: skip
+            await anyio.sleep(delay)
+            continue
+        finally:
+            with anyio.CancelScope(shield=True):
+                await admin.close()
+        if since is not None:
+            log.info("Kafka reachable after %.0f s", time.time() - since)
+        return limit
+
+
+def _startup_line(settings: Settings) -> None:
+    k = settings.kafka
+    log.info(
+        "starting building-twin-connector %s: sink %s, topics %s, group %s",
+        __version__, settings.sink.type, ", ".join(k.topics), k.group_id,
+        extra={"version": __version__, "sink": settings.sink.type, "topics": list(k.topics),
+               "group_id": k.group_id},
+    )  # fmt: skip
+
+
+async def _watch_signals(status: _Status, early: EarlySignals | None) -> None:
+    """SIGTERM, SIGINT, SIGHUP: the first drains (or, before the pipeline runs, stops the
+    start); a second stops at once. Signals that came before the loop ran count too."""
+
+    def received(signum: int) -> None:
+        name = signal.Signals(signum).name
+        pipeline = status.pipeline
+        if not status.stop_requested:
+            status.stop_requested = True
+            log.info("%s received: %s", name, "draining" if pipeline else "stopping the start")
+            if pipeline is not None:
+                pipeline.begin_drain()
+            else:
+                status.starting.cancel()
+            return
+        log.warning("second signal: stopping now; uncommitted records will be read again")
+        if pipeline is not None:
+            pipeline.stop_now()
+        else:
+            status.everything.cancel()
+
+    with anyio.open_signal_receiver(*SIGNALS) as signals:
+        for signum in early.received if early is not None else ():
+            received(signum)
+        async for signum in signals:
+            received(signum)
+
+
 async def run_connector(
     settings: Settings,
     *,
     registry: CollectorRegistry | None = None,
     handle_signals: bool = True,
+    early_signals: EarlySignals | None = None,
     task_status: anyio.abc.TaskStatus[Pipeline] = anyio.TASK_STATUS_IGNORED,
 ) -> Pipeline:
     """`run`: build every part from `settings`, run until drained, close everything.
 
-    With `tg.start(run_connector, ...)` the caller gets the running `Pipeline` (tests drain it
-    with `begin_drain()` instead of a signal). Returns the pipeline, for its final stats.
+    Order: the start-up line; signals (`early_signals`: those that came before the loop ran);
+    the metrics port (`StartupFailed` when it is busy); Kafka, waited for as long as it
+    takes; then the pipeline. With `tg.start(run_connector, ...)` the caller gets the running
+    `Pipeline` (tests drain it with `begin_drain()` instead of a signal). Returns the pipeline,
+    for its final stats (never started, if a signal came first).
     """
+    _startup_line(settings)
+    install_tolerant_records()
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
+    limiter = budget_limiter(settings.sink.rate_limit)
+    session = client_session(settings)
+    try:
+        sink, provider = await build_sink(settings, metrics, session)
+    except BaseException:
+        await session.close()
+        raise
     options = kafka_options(settings)
     consumer = AIOKafkaConsumer(
         group_id=settings.kafka.group_id, enable_auto_commit=False,
         auto_offset_reset="earliest", fetch_max_bytes=settings.kafka.fetch_max_bytes,
         max_partition_fetch_bytes=settings.kafka.max_partition_fetch_bytes, **options,
     )  # fmt: skip
+    max_request_size = settings.window.max_record_bytes + 64 * 1024
     producer = AIOKafkaProducer(
-        enable_idempotence=True, acks="all", linger_ms=5,
-        max_request_size=settings.window.max_record_bytes + 64 * 1024, **options,
+        enable_idempotence=True, acks="all", linger_ms=5, max_request_size=max_request_size,
+        **options,
     )  # fmt: skip
-    limiter = budget_limiter(settings.sink.rate_limit)
-    session = client_session(settings)
-    sink, provider = await build_sink(settings, metrics, session)
     dead_letters = DeadLetterWriter(
         producer,
         settings.kafka.dead_letter_topic,
         on_written=lambda reason: metrics.dead_lettered(reason.value),
+        max_bytes=max_request_size,
     )
     pipeline = Pipeline(
         settings, consumer=consumer, dead_letters=dead_letters, sink=sink, limiter=limiter,
         metrics=metrics,
     )  # fmt: skip
     pipeline.has_token = lambda: provider.current is not None
+    status = _Status()
+    runner = None
     try:
-        await producer.start()
-        consumer.subscribe(list(settings.kafka.topics), listener=_Rebalance(pipeline))
-        await consumer.start()
-        # the stack (the sources' sessions) closes only after every task has ended
-        async with contextlib.AsyncExitStack() as stack, anyio.create_task_group() as tg:
-            if settings.metrics.port:
-                await tg.start(_serve_metrics, settings, registry, pipeline)
-            await tg.start(functools.partial(pipeline.run, handle_signals=handle_signals))
-            tg.start_soon(_warm_up_token, provider)
-            for poller in await _pollers(settings, producer, metrics, stack):
-                tg.start_soon(poller.run)
-            task_status.started(pipeline)
-            await pipeline.stopped.wait()
-            tg.cancel_scope.cancel()
+        # bound before Kafka is touched, and outside the task group so that a busy port
+        # raises `StartupFailed` itself
+        if settings.metrics.port:
+            runner = await _bind_metrics(settings, registry, status)
+        with status.everything:
+            async with anyio.create_task_group() as tg:
+                if handle_signals:
+                    tg.start_soon(_watch_signals, status, early_signals)
+                with status.starting:
+                    consumer.subscribe(list(settings.kafka.topics), listener=_Rebalance(pipeline))
+                    topic_limit = await _connect(settings, producer, consumer)
+                    if topic_limit is not None:
+                        dead_letters.max_bytes = min(topic_limit, max_request_size)
+                if not status.starting.cancel_called:
+                    await _serve(
+                        settings, pipeline, producer, provider, status=status,
+                        task_status=task_status,
+                    )  # fmt: skip
+                tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
+            if runner is not None:
+                await runner.cleanup()
             await consumer.stop()
             await producer.stop()
             await sink.session.close()
             await session.close()
+    if status.pipeline is None:
+        log.info("stopped before the pipeline started")
     return pipeline
+
+
+async def _serve(
+    settings: Settings, pipeline: Pipeline, producer: AIOKafkaProducer, provider: TokenProvider,
+    *, status: _Status, task_status: anyio.abc.TaskStatus[Pipeline],
+) -> None:  # fmt: skip
+    """Run the pipeline and the sources until the pipeline has stopped."""
+    # the stack (the sources' sessions) closes only after every task has ended
+    async with contextlib.AsyncExitStack() as stack, anyio.create_task_group() as tg:
+        status.pipeline = pipeline  # from now on a signal drains
+        if status.stop_requested:
+            pipeline.begin_drain()
+        await tg.start(pipeline.run)
+        tg.start_soon(_warm_up_token, provider)
+        for poller in await _pollers(settings, producer, pipeline.metrics, stack):
+            tg.start_soon(poller.run)
+        task_status.started(pipeline)
+        await pipeline.stopped.wait()
+        tg.cancel_scope.cancel()

@@ -1,4 +1,5 @@
-"""The command line: `run`, `check`, `emulate`, `produce-sample` (DESIGN.md §3.1).
+"""The command line: `run`, `check`, `dry-run`, `emulate`, `produce-sample`, `batches`, `auth`
+(docs/design.md §3.1).
 
 Owns parsing arguments, loading settings once, setting up logging, and turning the known
 errors into one clear message and an exit code. Exit codes: 0 success, 1 a check failed,
@@ -16,17 +17,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-import anyio
-import yaml
-
 from connector import __version__
-from connector.config import Settings, load_settings
-from connector.errors import ConfigError
-from connector.logs import setup_logging
+from connector.signals import EarlySignals
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from connector.config import Settings
     from connector.emulators.common import Emulator
 
 __all__ = ["build_parser", "main"]
@@ -72,9 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(run)
 
     check = sub.add_parser(
-        "check", help="validate the config, obtain a token, call GET /batch, print a summary"
+        "check",
+        help="validate the config, obtain a token, call GET /batch, reach Kafka, print a summary",
     )
     _config_arg(check)
+    check.add_argument(
+        "--skip-kafka", action="store_true",
+        help="do not check the brokers, the topics and the group's lag (only the platforms)",
+    )  # fmt: skip
 
     emulate = sub.add_parser(
         "emulate",
@@ -117,6 +119,25 @@ def build_parser() -> argparse.ArgumentParser:
     batches.add_argument("--limit", type=int, default=20, metavar="N")
     batches.add_argument("--batch-id", default=None, help="show one batch and its failed records")
 
+    dry = sub.add_parser(
+        "dry-run",
+        help="decode and map records, show what would be sent where and what dead-lettered",
+        description="Read records from the configured topics (from the beginning, without a "
+        "consumer group: nothing is committed) or from a JSON-lines file, decode and map them "
+        "as `run` would, and print what would happen to each. Nothing is sent.",
+    )
+    _config_arg(dry)
+    dry.add_argument("--count", type=int, default=100, metavar="N", help="records (default 100)")
+    dry.add_argument(
+        "--topic", action="append", default=None, metavar="TOPIC",
+        help="read this topic instead of kafka.topics (repeatable)",
+    )  # fmt: skip
+    dry.add_argument(
+        "--file", type=Path, default=None, metavar="FILE",
+        help='JSON lines {"topic": ..., "key": ..., "value": ...} instead of Kafka',
+    )  # fmt: skip
+    dry.add_argument("--no-body", action="store_true", help="do not print the records' bodies")
+
     produce = sub.add_parser(
         "produce-sample", help="write realistic building and meter change events to Kafka"
     )
@@ -132,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args: argparse.Namespace, out: TextIO) -> Settings | None:
+    from connector.config import load_settings  # noqa: PLC0415 - see `main`
+    from connector.errors import ConfigError  # noqa: PLC0415
+
     try:
         return load_settings(args.config)
     except ConfigError as exc:
@@ -143,29 +167,50 @@ def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     settings = _load(args, err)
     if settings is None:
         return EXIT_USAGE
+    import anyio  # noqa: PLC0415 - see `main`
+    import yaml  # noqa: PLC0415
+
     print("configuration is valid:", file=out)
     print(yaml.safe_dump(settings.summary(), sort_keys=False).rstrip(), file=out)
     from connector.commands import run_check  # noqa: PLC0415 - keeps --help fast
 
-    return EXIT_OK if anyio.run(run_check, settings, out, err) else EXIT_CHECK_FAILED
+    check = functools.partial(run_check, settings, out, err, kafka=not args.skip_kafka)
+    return EXIT_OK if anyio.run(check) else EXIT_CHECK_FAILED
 
 
 def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """`run`: SIGTERM, SIGINT and SIGHUP are caught from this first line on (each drains and
+    exits 0); a busy metrics port is one line and exit 2."""
     del out
-    settings = _load(args, err)
-    if settings is None:
-        return EXIT_USAGE
-    setup_logging(settings.logging.level, settings.logging.format)
-    from connector.app import run_connector  # noqa: PLC0415 - keeps --help fast
+    early = EarlySignals.install()  # `main` installed it already; this is the same one
+    try:
+        settings = _load(args, err)
+        if settings is None:
+            return EXIT_USAGE
+        import anyio  # noqa: PLC0415 - see `main`
 
-    anyio.run(run_connector, settings)
-    return EXIT_OK
+        from connector.app import StartupFailed, run_connector  # noqa: PLC0415
+        from connector.logs import setup_logging  # noqa: PLC0415
+        from connector.repeats import RepeatFilter  # noqa: PLC0415
+
+        handler = setup_logging(settings.logging.level, settings.logging.format)
+        handler.addFilter(RepeatFilter())  # an outage repeats aiokafka's lines by the thousand
+        try:
+            anyio.run(functools.partial(run_connector, settings, early_signals=early))
+        except StartupFailed as exc:
+            print(f"error: {exc}", file=err)
+            return EXIT_USAGE
+        return EXIT_OK
+    finally:
+        early.restore()
 
 
 def cmd_produce_sample(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     settings = _load(args, err)
     if settings is None:
         return EXIT_USAGE
+    import anyio  # noqa: PLC0415 - see `main`
+
     from connector.commands import produce_sample  # noqa: PLC0415 - keeps --help fast
 
     anyio.run(
@@ -181,10 +226,46 @@ def cmd_batches(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     settings = _load(args, err)
     if settings is None:
         return EXIT_USAGE
+    import anyio  # noqa: PLC0415 - see `main`
+
     from connector.commands import list_batches  # noqa: PLC0415 - keeps --help fast
 
     ok = anyio.run(functools.partial(list_batches, settings, args.limit, args.batch_id, out, err))
     return EXIT_OK if ok else EXIT_CHECK_FAILED
+
+
+def cmd_dry_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    settings = _load(args, err)
+    if settings is None:
+        return EXIT_USAGE
+    import anyio  # noqa: PLC0415 - see `main`
+
+    from connector.decode import Decoder  # noqa: PLC0415 - keeps --help fast
+    from connector.dryrun import DryRun, read_file, read_topics  # noqa: PLC0415
+
+    k, w = settings.kafka, settings.window
+    dry = DryRun(Decoder(k.topic_entities, w.max_record_bytes, settings.mappings), out,
+                 show_body=not args.no_body)  # fmt: skip
+    if args.file is not None:
+        try:
+            for n, record in enumerate(read_file(args.file)):
+                if n >= args.count:
+                    break
+                dry.feed(record)
+        except OSError as exc:
+            print(f"error: {args.file}: {exc.strerror or exc}", file=err)
+            return EXIT_USAGE
+    else:
+        topics = args.topic or list(k.topics)
+
+        async def from_kafka() -> None:
+            async for record in read_topics(settings, topics, args.count):
+                dry.feed(record)
+
+        print(f"reading up to {args.count} records of {', '.join(topics)} ...", file=err)
+        anyio.run(from_kafka)
+    print(dry.summary(), file=out)
+    return EXIT_OK
 
 
 def cmd_emulate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -212,6 +293,8 @@ def cmd_auth(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_USAGE
     import webbrowser  # noqa: PLC0415 - only this command opens a browser
 
+    import anyio  # noqa: PLC0415 - see `main`
+
     browser = None if args.no_browser else webbrowser.open
     try:
         anyio.run(
@@ -232,12 +315,21 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
     "emulate": cmd_emulate,
     "auth": cmd_auth,
     "produce-sample": cmd_produce_sample,
+    "dry-run": cmd_dry_run,
 }
 
 
 def main(
     argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
-    """Entry point of the console script; returns the process exit code."""
+    """Entry point of the console script; returns the process exit code.
+
+    For `run`, stop signals are caught before anything else happens (`connector.signals`):
+    this module imports only the standard library at import time, and the parser (which
+    imports every emulator) is built after.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:
+        EarlySignals.install()
     args = build_parser().parse_args(argv)
     return COMMANDS[args.command](args, out or sys.stdout, err or sys.stderr)

@@ -1,4 +1,4 @@
-"""Metrics: the DESIGN.md §3.5 set, built on a registry passed in, behind narrow methods.
+"""Metrics: the docs/design.md §3.5 set, built on a registry passed in, behind narrow methods.
 
 Components call `metrics.batch_submitted(...)`, never prometheus objects, so names, units and
 label sets live here alone. Labels come from small fixed sets (topic, entity endpoint,
@@ -45,6 +45,13 @@ class Metrics:
             f"{p}records_coalesced",
             "Records superseded by a newer version of the same ID before sending",
             ["entity"],
+            registry=r,
+        )
+        self._skipped = Counter(
+            f"{p}records_skipped",
+            "Records that change nothing on the platform, finished as they are (the tombstone "
+            "after a delete, a truncate, a row a mapping's filter leaves out)",
+            ["why"],
             registry=r,
         )
         self._requests = Counter(
@@ -153,7 +160,8 @@ class Metrics:
         ProcessCollector(registry=registry)  # process_cpu_seconds_total, resident memory, fds
         # known label values start at 0, so increase() sees the first event
         for reason in ("invalid_json", "missing_id", "unknown_entity", "invalid_record",
-                       "record_too_large", "api_rejected", "batch_failed"):  # fmt: skip
+                       "record_too_large", "api_rejected", "batch_failed",
+                       "undecodable_record"):  # fmt: skip
             self._dead.labels(reason=reason)
         for reason in ("rate_limited", "server_error", "unauthorized", "token_unavailable"):
             self._retries.labels(reason=reason)
@@ -177,6 +185,10 @@ class Metrics:
 
     def dead_lettered(self, reason: str) -> None:
         self._dead.labels(reason=reason).inc()
+
+    def skipped(self, why: str) -> None:
+        """One record finished without a request; `why` is one of decode's Skip labels."""
+        self._skipped.labels(why=why).inc()
 
     # submission
     def request(self, endpoint: str, outcome: str) -> None:

@@ -55,6 +55,10 @@ class PartitionOffsets:
     def open_count(self) -> int:
         return len(self._open) - len(self._done)
 
+    def next_offset(self) -> int | None:
+        """One past the last offset taken in (where reading goes on), None before the first."""
+        return None if self._last is None else self._last + 1
+
 
 class OffsetTracker:
     """Per-partition watermarks, plus what changed since the last commit."""
@@ -92,6 +96,11 @@ class OffsetTracker:
         """The committable position of one partition (None: nothing consumed from it yet)."""
         part = self._partitions.get(tp)
         return None if part is None else part.position()
+
+    def next_offset(self, tp: TopicPartitionKey) -> int | None:
+        """Where reading `tp` goes on: one past the last offset taken in (None: none yet)."""
+        part = self._partitions.get(tp)
+        return None if part is None else part.next_offset()
 
     def committed(self, positions: dict[TopicPartitionKey, int]) -> None:
         self._committed.update(positions)

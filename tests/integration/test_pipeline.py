@@ -296,4 +296,6 @@ async def test_health_and_readiness_endpoints(
         return True
 
     await run_until(settings, ready, timeout=30)
-    assert seen[-1] == {"ready": True, "joined": True, "token": True, "not_draining": True}
+    assert seen[-1] == {
+        "ready": True, "joined": True, "kafka": True, "token": True, "not_draining": True,
+    }  # fmt: skip

@@ -82,3 +82,31 @@ def test_check_prints_a_masked_summary(tmp_path: Path) -> None:
     _, out, err = run("check", "--config", str(path))
     assert "client_secret: '**********'" in out
     assert SECRET not in out + err
+
+
+def serve_briefly(*argv: str) -> tuple[str, str]:
+    """`python -m connector emulate ...` until it has announced itself: (stdout, stderr)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "connector", "emulate", *argv, "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        announced = proc.stdout.readline()  # printed once the socket is bound
+    finally:
+        proc.terminate()
+        _, rest = proc.communicate(timeout=10)
+    return announced, rest
+
+
+@pytest.mark.parametrize("platform", ["buildingminds", "buildingx"])
+def test_only_an_emulator_bound_beyond_loopback_warns_that_its_admin_api_is_open(
+    platform: str,
+) -> None:
+    announced, err = serve_briefly(platform, "--host", "0.0.0.0")  # noqa: S104 - the point
+    assert "listening on" in announced
+    assert "the admin API under /_emulator/ has no authentication" in err
+    assert "listening on 0.0.0.0" in err
+    announced, err = serve_briefly(platform, "--host", "127.0.0.1")
+    assert "listening on" in announced
+    assert "warning" not in err, "loopback is the safe default: no warning"

@@ -61,3 +61,13 @@ def test_watermark_never_passes_an_unfinished_offset(offsets: list[int], rnd: ob
         assert all(o in finished for o in ordered if o < pos), "committed past a gap"
         unfinished = [o for o in ordered if o not in finished]
         assert pos == (unfinished[0] if unfinished else ordered[-1] + 1)
+
+
+def test_next_offset_is_one_past_the_last_taken_in_whatever_is_finished() -> None:
+    t = OffsetTracker()
+    assert t.next_offset(TP) is None
+    t.track(TP, 4)
+    t.track(TP, 5)
+    assert t.next_offset(TP) == 6
+    t.finish(TP, 4)
+    assert t.next_offset(TP) == 6
