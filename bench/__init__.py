@@ -1,4 +1,4 @@
-"""The benchmark harness: `python -m bench.run` measures the connector against DESIGN.md §5.
+"""The benchmark harness: `python -m bench.run` measures the connector against docs/design.md §5.
 
 Every scenario runs the real pieces as separate processes: a Kafka broker (devbroker), the
 BuildingMinds emulator (`python -m connector emulate buildingminds`) and the connector

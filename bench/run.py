@@ -67,7 +67,7 @@ def _override(text: str) -> tuple[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run",
-        description="Benchmark the connector against DESIGN.md §5 (see bench/README.md).",
+        description="Benchmark the connector against docs/design.md §5 (see bench/README.md).",
     )
     parser.add_argument(
         "--scenario",

@@ -1,21 +1,29 @@
-"""The I/O of the one-shot commands: `check` and `produce-sample`.
+"""The I/O of the one-shot commands: `check`, `batches` and `produce-sample`.
 
 `check` proves a configuration end to end without sending data: the sink's token from the
 token endpoint, then its read-only `GET /batch` (Building X: the partition's locations); then
-every configured source's `probe()` (a token and one read-only request, nothing published, no
-Kafka). Each failure prints what to fix; a failed part does not stop the others being checked.
+every configured source's `probe()` (a token and one read-only request, nothing published);
+then Kafka: the brokers answer within `KAFKA_CHECK_SECONDS`, every configured topic and the
+dead-letter topic exist, and the consumer group's committed position and lag per topic. Each
+failure prints what to fix; a failed part does not stop the others being checked. Log lines
+are kept out of its output: every problem is said once, in its own `FAILED:` line.
 
-Must not: write to the platform, publish to Kafka, or print a secret or a token (only masked
-summaries and the platforms' own error text, which the token requests scrub of our secrets).
+Must not: write to the platform, publish to Kafka, commit, join the consumer group, create a
+topic, or print a secret or a token (only masked summaries and the platforms' own error text,
+which the token requests scrub of our secrets).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from typing import TYPE_CHECKING, TextIO
 
 import anyio
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from connector.app import build_sink, client_session, kafka_options, source_session
 from connector.errors import (
@@ -34,9 +42,33 @@ from connector.sources import build_source
 from connector.tracker import FAILED
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
     from connector.config import Settings
 
 __all__ = ["list_batches", "produce_sample", "run_check"]
+
+KAFKA_CHECK_SECONDS = 10.0  # how long `check` waits for the brokers before it says so
+PROGRESS_SECONDS = 2.0  # `produce-sample` says how far it got at least this often
+
+
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """Keep log lines (ours and aiokafka's) out of a command's output while it runs.
+
+    Without a handler set up, Python prints warnings to stderr on its own: `check` would show
+    a stray `token request failed: rejected` beside its own `FAILED:` line saying the same."""
+    saved = []
+    for name in ("connector", "aiokafka"):
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.handlers[:], logger.propagate))
+        logger.handlers = [logging.NullHandler()]
+        logger.propagate = False
+    try:
+        yield
+    finally:
+        for logger, handlers, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
 
 
 def _fix_for(exc: ApiError) -> str:
@@ -53,11 +85,99 @@ def _fix_for(exc: ApiError) -> str:
     return "the API is unreachable or failing; check sink.base_url and the network, then retry"
 
 
-async def run_check(settings: Settings, out: TextIO, err: TextIO) -> bool:
-    """True when the sink and every configured source passed; each is checked regardless."""
-    sink_ok = await _check_sink(settings, out, err)
-    sources_ok = await _check_sources(settings, out, err)
-    return sink_ok and sources_ok
+async def run_check(settings: Settings, out: TextIO, err: TextIO, *, kafka: bool = True) -> bool:
+    """True when the sink, every configured source and (unless `kafka` is False) Kafka
+    passed; each is checked regardless of the others."""
+    with _quiet_logs():
+        sink_ok = await _check_sink(settings, out, err)
+        sources_ok = await _check_sources(settings, out, err)
+        kafka_ok = await _check_kafka(settings, out, err) if kafka else True
+    return sink_ok and sources_ok and kafka_ok
+
+
+async def _check_kafka(settings: Settings, out: TextIO, err: TextIO) -> bool:
+    """The brokers, the topics and the group's position, read-only.
+
+    One line per topic: `topic NAME: ok (N partitions; group G: committed C, lag L)` or
+    `FAILED: topic NAME does not exist ...`. The consumer never subscribes, so it never joins
+    the group (a running connector is not disturbed), and it asks only for topics that exist
+    (asking for a missing one could create it on a broker that creates topics on demand)."""
+    k = settings.kafka
+    timeout_ms = int(KAFKA_CHECK_SECONDS * 1000)
+    admin = AIOKafkaAdminClient(request_timeout_ms=timeout_ms, **kafka_options(settings))
+    consumer = AIOKafkaConsumer(
+        group_id=k.group_id, enable_auto_commit=False, request_timeout_ms=timeout_ms,
+        **kafka_options(settings),
+    )  # fmt: skip
+    try:
+        try:
+            with anyio.fail_after(KAFKA_CHECK_SECONDS):
+                await admin.start()
+                described = await admin.describe_topics()  # every topic, one request
+                await consumer.start()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            why = str(exc) or type(exc).__name__
+            if type(exc).__name__ not in why:  # aiokafka's errors name their class already
+                why = f"{type(exc).__name__}: {why}"
+            if isinstance(exc, TimeoutError):
+                why = f"no answer within {KAFKA_CHECK_SECONDS:.0f} s"
+            print(
+                f"FAILED: Kafka brokers {k.bootstrap_servers} are not reachable ({why})\n"
+                "  fix: check kafka.bootstrap_servers, kafka.security_protocol (and its TLS/SASL "
+                "keys) and that this machine can reach the brokers",
+                file=err,
+            )
+            return False
+        existing = {
+            str(t["topic"]): sorted(int(p["partition"]) for p in t["partitions"])
+            for t in described
+            if not t.get("error_code")
+        }
+        print(f"kafka: ok ({k.bootstrap_servers}, {len(existing)} topics visible)", file=out)
+        passed = True
+        for topic in k.topics:
+            if topic not in existing:
+                passed = False
+                print(
+                    f"FAILED: topic {topic} does not exist on {k.bootstrap_servers}\n"
+                    "  fix: correct its name in kafka.topics, or create the topic",
+                    file=err,
+                )
+                continue
+            tps = [TopicPartition(topic, p) for p in existing[topic]]
+            print(f"topic {topic}: ok ({await _position(consumer, tps, k.group_id)})", file=out)
+        dlq = k.dead_letter_topic
+        if dlq in existing:
+            print(f"dead-letter topic {dlq}: ok ({len(existing[dlq])} partitions)", file=out)
+        else:
+            passed = False
+            print(
+                f"FAILED: dead-letter topic {dlq} does not exist on {k.bootstrap_servers}\n"
+                "  fix: create it (see docs/operations.md), or correct kafka.dead_letter_topic",
+                file=err,
+            )
+        return passed
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(KAFKA_CHECK_SECONDS):
+            await consumer.stop()
+            await admin.close()
+
+
+async def _position(consumer: AIOKafkaConsumer, tps: list[TopicPartition], group: str) -> str:
+    """`3 partitions; group G: committed 120, lag 30` for the partitions of one topic."""
+    if not tps:
+        return "no partitions visible"
+    ends = await consumer.end_offsets(tps)
+    starts = await consumer.beginning_offsets(tps)
+    committed = {tp: await consumer.committed(tp) for tp in tps}
+    done = [tp for tp in tps if committed[tp] is not None]
+    lag = sum(max(ends[tp] - (committed[tp] or starts[tp]), 0) for tp in tps)
+    where = f"{len(tps)} partitions; group {group}"
+    if not done:
+        return f"{where}: nothing committed yet, lag {lag} (it starts at the earliest offset)"
+    position = sum(committed[tp] or 0 for tp in done)
+    partial = "" if len(done) == len(tps) else f" on {len(done)} of {len(tps)} partitions"
+    return f"{where}: committed {position}{partial}, lag {lag}"
 
 
 async def _check_sources(settings: Settings, out: TextIO, err: TextIO) -> bool:
@@ -98,12 +218,18 @@ async def _check_sink(settings: Settings, out: TextIO, err: TextIO) -> bool:
         try:
             token = await provider.token()
         except CredentialsRejected as exc:
-            print(f"FAILED: token endpoint refused the credentials: {exc}", file=err)
+            # the message names the endpoint and the client ID, and says the fix
+            print(f"FAILED: {exc}", file=err)
             if s.type == "buildingx":
                 print(f"  fix: {_buildingx_token_fix(exc)}", file=err)
             return False
         except AuthError as exc:
-            print(f"FAILED: token endpoint {s.token_url} is not reachable: {exc}", file=err)
+            # unreachable, throttling or failing: the message names the endpoint already
+            print(
+                f"FAILED: {exc}\n  fix: check sink.token_url and the network; a transient "
+                "failure passes on a retry",
+                file=err,
+            )
             return False
         minutes = (token.expires_at_wall - time.time()) / 60
         print(f"token: ok (expires in {minutes:.0f} min)", file=out)
@@ -112,7 +238,8 @@ async def _check_sink(settings: Settings, out: TextIO, err: TextIO) -> bool:
         try:
             listing = await sink.list_batches(limit=5)
         except ApiError as exc:
-            print(f"FAILED: GET /batch: {exc}\n  fix: {_fix_for(exc)}", file=err)
+            # the sink's message starts with the request ("GET /batch answered 404: ...")
+            print(f"FAILED: {exc}\n  fix: {_fix_for(exc)}", file=err)
             return False
         except AuthError as exc:
             print(f"FAILED: GET /batch: {exc}", file=err)
@@ -170,7 +297,9 @@ async def _check_buildingx(sink: BuildingXSink, out: TextIO, err: TextIO) -> boo
 async def list_batches(
     settings: Settings, limit: int, batch_id: str | None, out: TextIO, err: TextIO
 ) -> bool:
-    """`batches`: recent batches with their status counts; one batch's failed records."""
+    """`batches`: recent batches with their status counts; one batch's failed records.
+
+    Everything is read before anything is printed, so a failure prints only its `FAILED:`."""
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
     session = client_session(settings)
@@ -179,8 +308,21 @@ async def list_batches(
         if not isinstance(sink, BuildingMindsSink):
             print("FAILED: batches: Building X has no batches (it answers synchronously)", file=err)
             return False
-        listing = await sink.list_batches(limit=limit, batch_id=batch_id)
-        rows = listing.get("data") or []
+        with _quiet_logs():
+            listing = await sink.list_batches(limit=limit, batch_id=batch_id)
+            rows = listing.get("data") or []
+            if batch_id is not None and not any(r.get("batchId") == batch_id for r in rows):
+                print(
+                    f"FAILED: no batch {batch_id} is listed (GET /batch?batchId={batch_id})\n"
+                    "  fix: copy the ID from `batches` or from a log line's batch_id; the "
+                    "platform lists only its recent batches",
+                    file=err,
+                )
+                return False
+            failed = []
+            if batch_id is not None:
+                for status in sorted(FAILED):
+                    failed += [(status, r) for r in await sink.inbound(batch_id, status=status)]
         print(f"{'batch':36}  {'endpoint':26}  {'created':24}  {'records':>7}  statuses", file=out)
         for item in rows:
             counts = item.get("statusCounts") or {}
@@ -192,13 +334,8 @@ async def list_batches(
                 f"{statuses or item.get('status', '')}",
                 file=out,
             )
-        if batch_id is not None:
-            for status in sorted(FAILED):
-                for record in await sink.inbound(batch_id, status=status):
-                    print(
-                        f"  {status}: {record.get('externalId')}: {record.get('message')}",
-                        file=out,
-                    )
+        for status, record in failed:
+            print(f"  {status}: {record.get('externalId')}: {record.get('message')}", file=out)
         print(f"{len(rows)} of {listing.get('totalCount', len(rows))} batches", file=out)
     except (ApiError, AuthError) as exc:
         print(f"FAILED: {exc}", file=err)
@@ -227,6 +364,7 @@ async def produce_sample(
     await producer.start()
     started = time.monotonic()
     sent = invalid = 0
+    progress = _Progress(count, out)
     try:
         for event in sample_events(
             count, building_topic=building_topic, meter_topic=meter_topic, ids=ids,
@@ -239,8 +377,7 @@ async def produce_sample(
                 ahead = sent / rate - (time.monotonic() - started)
                 if ahead > 0:
                     await anyio.sleep(ahead)
-            if sent % 10_000 == 0:
-                print(f"  {sent}/{count} events", file=out)
+            progress.sent(sent)
         await producer.flush()
     finally:
         await producer.stop()
@@ -249,3 +386,30 @@ async def produce_sample(
         f"in {time.monotonic() - started:.1f} s",
         file=out,
     )
+
+
+class _Progress:
+    """`  3000/6000 events (50%, 40/s)` at least every `every` seconds while events go out."""
+
+    def __init__(
+        self,
+        total: int,
+        out: TextIO,
+        *,
+        every: float = PROGRESS_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.total, self.out, self.every, self.clock = total, out, every, clock
+        self.started = self.next_at = clock()
+        self.next_at += every
+
+    def sent(self, sent: int) -> None:
+        now = self.clock()
+        if now < self.next_at or sent >= self.total:
+            return  # the final line says the rest
+        self.next_at = now + self.every
+        rate = sent / max(now - self.started, 1e-9)
+        share = 100 * sent / self.total
+        print(
+            f"  {sent}/{self.total} events ({share:.0f}%, {rate:.0f}/s)", file=self.out, flush=True
+        )

@@ -1,11 +1,21 @@
 """Batch status tracking: every accepted batch followed until each record in it is terminal.
 
-A 200 from the platform means "accepted and queued", not "onboarded" (seed 000). The tracker
+A 200 from the platform means "accepted and queued", not "onboarded". The tracker
 polls with the cheapest requests: one `GET /batch` lists up to a thousand recent batches with
 their status counts, and `GET /batch/{batchId}/inbound?status=...` is asked only for batches
-that report failures (or records still waiting after `parent_patience_seconds`).
+that report failures (or records still waiting after `parent_patience_seconds`). A tracked
+batch the listing does not show (not listed yet, older than the pages read, or forgotten by
+the platform) is looked up by ID, `GET /batch?batchId=`, a few per round, the longest unseen
+first.
 
-Status mapping (reference/building-apis.md §1A): Completed and Published succeed; Failed,
+Lost batches: one that neither the listing nor the lookup by ID has shown for
+`lost_after_seconds` is reported lost (`Outcome.lost`, with how often its records were already
+sent again); the pipeline re-submits its records, which is safe because the platform upserts by
+external ID, and after `lost_retries` re-submissions dead-letters them as `batch_lost`. The
+verdict always follows a lookup by ID of that round, so a batch is never called lost only
+because it was beyond the pages read.
+
+Status mapping (docs/design.md §4): Completed and Published succeed; Failed,
 FailedValidation, FailedGeoCoding and TransformationFailed fail; New, InProgress, Retrying,
 Resubmitting and GeoCodingSuccessful are in progress; New with missing dependencies is
 "waiting for parent", reported (not dead-lettered) once the patience runs out, and then
@@ -29,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import anyio
 
-from connector.errors import ApiError, AuthError, RateLimited
+from connector.errors import ApiError, AuthError, EndpointMisconfigured, RateLimited
 from connector.logs import get_logger
 
 if TYPE_CHECKING:
@@ -47,6 +57,7 @@ FAILED = frozenset({"Failed", "FailedValidation", "FailedGeoCoding", "Transforma
 IN_PROGRESS = frozenset({"New", "InProgress", "Retrying", "Resubmitting", "GeoCodingSuccessful"})
 LIST_PAGE = 1000
 MAX_LIST_PAGES = 5
+LOOKUPS_PER_ROUND = 5  # lookups by ID of batches the listing missed, per round (budget)
 
 
 @runtime_checkable
@@ -69,11 +80,17 @@ class StatusSource(Protocol):
 
 @dataclass(slots=True)
 class Outcome:
-    """How a batch ended: record indexes that failed (status, message) or wait for a parent."""
+    """How a batch ended: record indexes that failed (status, message) or wait for a parent.
+
+    A lost batch (the platform no longer shows it) has `lost`: the indexes of the records it
+    had accepted; `resubmissions` says how often those records were already sent again
+    because an earlier batch of theirs was lost."""
 
     failed: dict[int, tuple[str, str]] = field(default_factory=dict)
     waiting: set[int] = field(default_factory=set)
     statuses: dict[str, int] = field(default_factory=dict)
+    lost: tuple[int, ...] = ()
+    resubmissions: int = 0
 
 
 @dataclass(slots=True)
@@ -82,6 +99,8 @@ class _Tracked:
     batch: Batch
     accepted_at: float
     skip: frozenset[int]  # indexes the platform already refused synchronously
+    last_seen: float  # when the platform last showed it (first: when it was accepted)
+    resubmissions: int = 0  # how often its records were sent again after a lost batch
     reported_waiting: bool = False
     positions: dict[str, int] | None = None  # external ID -> index, built on first need
 
@@ -99,6 +118,7 @@ class Tracker:
         poll_interval: float = 5.0,
         max_poll_share: float = 0.2,
         parent_patience: float = 600.0,
+        lost_after: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
         on_poll: Callable[[str], None] | None = None,
     ) -> None:
@@ -109,9 +129,12 @@ class Tracker:
         self.poll_interval = poll_interval
         self.max_poll_share = max_poll_share
         self.parent_patience = parent_patience
+        self.lost_after = lost_after
         self.clock = clock
         self.on_poll = on_poll or (lambda _: None)
         self._tracked: dict[str, _Tracked] = {}
+        # batches being sent again after a loss, by identity: their count, for the next track
+        self._resubmitting: dict[int, tuple[Batch, int]] = {}
         self._polls: deque[float] = deque()  # start times of recent polls, for the share
         self._wake = anyio.Event()
         self.polls = 0
@@ -121,8 +144,24 @@ class Tracker:
         return len(self._tracked)
 
     def track(self, batch_id: str, batch: Batch, skip: frozenset[int]) -> None:
-        self._tracked[batch_id] = _Tracked(batch_id, batch, self.clock(), skip)
+        """Follow `batch`, accepted as `batch_id`; `skip`: indexes refused synchronously."""
+        now = self.clock()
+        held = self._resubmitting.pop(id(batch), None)
+        resubmissions = held[1] if held is not None and held[0] is batch else 0
+        self._tracked[batch_id] = _Tracked(
+            batch_id, batch, now, skip, last_seen=now, resubmissions=resubmissions
+        )
         self._wake.set()
+
+    def resubmitting(self, batch: Batch, resubmissions: int) -> None:
+        """`batch` holds records of a lost batch, sent again for the `resubmissions`th time.
+
+        Its next `track` carries the count on; `resubmission_ended` forgets it if the batch
+        settles without being tracked (refused outright, say)."""
+        self._resubmitting[id(batch)] = (batch, resubmissions)
+
+    def resubmission_ended(self, batch: Batch) -> None:
+        self._resubmitting.pop(id(batch), None)
 
     def waiting_for_parent(self) -> int:
         return sum(1 for t in self._tracked.values() if t.reported_waiting)
@@ -179,13 +218,20 @@ class Tracker:
                 )
 
     async def poll_once(self) -> None:
-        """One round: list recent batches, settle those that are terminal."""
-        counts = await self._status_counts()
+        """One round: list recent batches, look up the missing ones by ID, settle those that
+        are terminal, report those lost."""
+        counts, asked = await self._status_counts()
+        await self._look_up_missing(counts, asked)
         now = self.clock()
         for batch_id, tracked in list(self._tracked.items()):
             statuses = counts.get(batch_id)
             if statuses is None:
-                continue  # not listed yet (eventual consistency) or older than we paged
+                # not listed yet (eventual consistency), or forgotten: lost once unseen for
+                # long enough, and only right after a lookup by ID found nothing
+                if batch_id in asked and now - tracked.last_seen >= self.lost_after:
+                    await self._lost(tracked, now)
+                continue
+            tracked.last_seen = now
             in_progress = sum(n for s, n in statuses.items() if s not in SUCCEEDED | FAILED)
             failing = [s for s, n in statuses.items() if s in FAILED and n]
             outcome = Outcome(statuses=dict(statuses))
@@ -214,27 +260,79 @@ class Tracker:
             del self._tracked[batch_id]
             await self.on_terminal(tracked.batch, batch_id, outcome)
 
-    async def _status_counts(self) -> dict[str, dict[str, int]]:
-        """Status counts of the tracked batches: one request covers up to a thousand."""
+    async def _lost(self, tracked: _Tracked, now: float) -> None:
+        batch_id = tracked.batch_id
+        del self._tracked[batch_id]
+        accepted = tuple(i for i in range(len(tracked.batch.slots)) if i not in tracked.skip)
+        log.warning(
+            "batch %s: not shown by the platform for %.0f s, not even by its ID; "
+            "reporting its %d records lost",
+            batch_id, now - tracked.last_seen, len(accepted),
+            extra={"batch_id": batch_id, "endpoint": tracked.batch.entity.endpoint,
+                   "resubmissions": tracked.resubmissions},
+        )  # fmt: skip
+        outcome = Outcome(lost=accepted, resubmissions=tracked.resubmissions)
+        await self.on_terminal(tracked.batch, batch_id, outcome)
+
+    async def _look_up_missing(self, found: dict[str, dict[str, int]], asked: set[str]) -> None:
+        """Tracked batches the listing missed, by ID (`GET /batch?batchId=`): a few per
+        round, the longest unseen first, so a deadline passes only after a lookup."""
+        now = self.clock()
+        missing = sorted(
+            (
+                t
+                for batch_id, t in self._tracked.items()
+                if batch_id not in found
+                and batch_id not in asked
+                and now - t.last_seen >= self.poll_interval
+            ),
+            key=lambda t: t.last_seen,
+        )
+        for tracked in missing[:LOOKUPS_PER_ROUND]:
+            asked.add(tracked.batch_id)
+            counts = await self._by_id(tracked.batch_id)
+            if counts is not None:
+                found[tracked.batch_id] = counts
+
+    async def _by_id(self, batch_id: str) -> dict[str, int] | None:
+        """One batch's status counts by its ID; None when the platform does not know it (an
+        empty listing, or a 404: the documentation does not say which it answers)."""
+        request = functools.partial(self.source.list_batches, batch_id=batch_id, limit=1)
+        try:
+            listing = await self._call(request)
+        except EndpointMisconfigured as exc:
+            if exc.status != 404:
+                raise
+            return None
+        for item in listing.get("data") or []:
+            if str(item.get("batchId")) == batch_id:
+                return _counts(item)
+        return None
+
+    async def _status_counts(self) -> tuple[dict[str, dict[str, int]], set[str]]:
+        """Status counts of the tracked batches: one request covers up to a thousand. Also
+        the IDs asked for by ID (the listing of a single tracked batch is a lookup)."""
         wanted = set(self._tracked)
         found: dict[str, dict[str, int]] = {}
+        asked: set[str] = set()
+        if len(wanted) == 1:  # one tracked batch: ask for it by its ID
+            (only,) = wanted
+            asked.add(only)
+            counts = await self._by_id(only)
+            return ({} if counts is None else {only: counts}), asked
         for page in range(MAX_LIST_PAGES):
-            if len(wanted) == 1:
-                (only,) = wanted
-                request = functools.partial(self.source.list_batches, batch_id=only, limit=1)
-            else:
-                request = functools.partial(
-                    self.source.list_batches, limit=LIST_PAGE, skip=page * LIST_PAGE
-                )
+            request = functools.partial(
+                self.source.list_batches, limit=LIST_PAGE, skip=page * LIST_PAGE
+            )
             listing = await self._call(request)
             data = listing.get("data") or []
             for item in data:
                 batch_id = str(item.get("batchId"))
                 if batch_id in wanted:
                     found[batch_id] = _counts(item)
-            if len(wanted) == 1 or wanted <= set(found) or len(data) < LIST_PAGE:
+            if wanted <= set(found) or len(data) < LIST_PAGE:
                 break
-        return found
+        return found, asked
 
     async def _waiting(self, tracked: _Tracked) -> set[int]:
         items = await self._call(

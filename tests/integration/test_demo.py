@@ -1,4 +1,4 @@
-"""`make demo` as a user runs it: records flow, /metrics shows every metric of DESIGN.md §3.5,
+"""`make demo` as a user runs it: records flow, /metrics shows every metric of docs/design.md §3.5,
 and Ctrl-C stops everything cleanly."""
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Batch status tracking against the emulator: asynchronous failures, children before parents,
-slow processing (nothing committed before terminal), and a crash while batches are tracked."""
+slow processing (nothing committed before terminal), a crash while batches are tracked, and
+batches the platform loses (sent again, then dead-lettered as `batch_lost`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from tests.integration.helpers import (
     building,
     committed_offsets,
     end_offsets,
+    posted_ids,
     produce,
     read_topic,
     run_until,
@@ -25,6 +27,9 @@ from tests.kafka_fixtures import NewTopicFactory, wait_until
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from connector.config import Settings
+    from tests.integration.helpers import Emulator
 
 pytestmark = [pytest.mark.anyio, pytest.mark.kafka]
 
@@ -173,3 +178,67 @@ async def test_a_crash_while_batches_are_tracked_resends_and_loses_nothing(
             r["record_count"] or 0 for r in log if r["method"] == "POST" and r["status"] == 200
         )
         assert sent == 400, "the 200 unfinished records are re-sent once after the crash"
+
+
+async def forget_next(emu: Emulator, count: int) -> None:
+    """The next `count` batches the emulator accepts are lost: never listed, nor found by ID."""
+    async with emu.http.post(f"{emu.url}/_emulator/forget", json={"next": count}) as r:
+        assert r.status == 200, await r.text()
+
+
+def losing(settings: Settings, *, lost_after: float, retries: int) -> Settings:
+    """`settings` with the lost-batch deadline and retries (`tracking.lost_*`)."""
+    tracking = settings.tracking.model_copy(
+        update={"lost_after_seconds": lost_after, "lost_retries": retries}
+    )
+    return settings.model_copy(update={"tracking": tracking})
+
+
+async def test_a_batch_the_platform_forgets_is_sent_again_and_onboarded(
+    kafka_bootstrap: str, new_topic: NewTopicFactory, group_id: str
+) -> None:
+    async with running_emulator(EmulatorOptions(processing_delay_seconds=0.2)) as emu:
+        topic, dlq = await new_topic(), await new_topic(prefix="dlq")
+        await forget_next(emu, 1)  # the first batch accepted is never listed nor found by ID
+        await produce(kafka_bootstrap, [(topic, *building(i, 0)) for i in range(20)])
+        settings = losing(
+            settings_for(emu, kafka_bootstrap, [topic], group_id, dlq), lost_after=1, retries=3
+        )
+
+        async def settled() -> bool:
+            ends = await end_offsets(kafka_bootstrap, topic)
+            return await committed_offsets(kafka_bootstrap, topic, group_id) == ends
+
+        pipeline = await run_until(settings, settled, timeout=30)
+        assert pipeline.stats.dead_lettered == 0
+        assert posted_ids(await emu.requests()) == 40, "the lost batch's 20 records sent again"
+        assert len(await emu.entities("building")) == 20
+
+
+async def test_a_batch_lost_again_and_again_is_dead_lettered_as_batch_lost(
+    kafka_bootstrap: str, new_topic: NewTopicFactory, group_id: str
+) -> None:
+    async with running_emulator(EmulatorOptions(processing_delay_seconds=0.2)) as emu:
+        topic, dlq = await new_topic(), await new_topic(prefix="dlq")
+        await forget_next(emu, 3)  # the batch and both of its re-submissions
+        await produce(kafka_bootstrap, [(topic, *building(i, 0)) for i in range(15)])
+        settings = losing(
+            settings_for(emu, kafka_bootstrap, [topic], group_id, dlq), lost_after=0.5, retries=2
+        )
+
+        async def settled() -> bool:
+            ends = await end_offsets(kafka_bootstrap, topic)
+            return await committed_offsets(kafka_bootstrap, topic, group_id) == ends
+
+        pipeline = await run_until(settings, settled, timeout=30)
+        letters = await read_topic(kafka_bootstrap, dlq, 15)
+        assert sorted(orjson.loads(r.value)["buildingId"] for r in letters) == sorted(
+            f"b-{i}" for i in range(15)
+        )
+        for letter in letters:
+            headers = dict(letter.headers)
+            assert headers["error.reason"] == b"batch_lost"
+            assert headers["error.batch_id"]
+            assert b"2 re-submission(s)" in headers["error.message"]
+        assert pipeline.stats.dead_lettered == 15
+        assert posted_ids(await emu.requests()) == 45, "sent once, then re-sent twice"

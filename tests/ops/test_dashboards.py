@@ -356,7 +356,7 @@ def test_panels_do_not_overlap(path: Path) -> None:
 def test_the_dashboard_shows_every_metric_the_connector_exports() -> None:
     used = {sel.metric for q in dashboard_queries() for sel in selectors(q.expr)}
     shown = {EXPORTED[name].family for name in used if name in EXPORTED}
-    # the connector's own metrics (DESIGN.md §3.5); process_* come from the client library
+    # the connector's own metrics (docs/design.md §3.5); process_* come from the client library
     missing = {e.family for e in EXPORTED.values() if e.family.startswith("connector_")} - shown
     assert not missing, f"no panel shows {sorted(missing)}"
 
