@@ -1,4 +1,4 @@
-"""The four scenarios of DESIGN.md §5: throughput, budget, latency, memory.
+"""The four scenarios of docs/design.md §5: throughput, budget, latency, memory.
 
 Each scenario gets a fresh emulator process, fresh topics and a fresh consumer group, starts
 the connector as a process of its own, measures, stops it with SIGTERM, and returns a
@@ -134,12 +134,46 @@ def _building(n: int, revision: int, partitions: int) -> Event:
     return n % partitions, bid.encode(), value
 
 
-async def _backlog(ctx: Context, name: str, topic: str, count: int, ids: int | None) -> None:
+def _debezium_building(n: int, revision: int, partitions: int) -> Event:
+    """A Debezium change envelope (JsonConverter without schemas) of a CAFM buildings row."""
+    bid = f"b-{n}"
+    row = {
+        "bldg_no": bid, "bldg_name": f"Building {n}", "site_no": f"s-{n % 50}",
+        "street": f"{n} Main Street", "city": "Berlin", "zip": f"{10000 + n % 9000}",
+        "built_at": 946_684_799_123_456 + n * 86_400_000_000, "floors_above": n % 40,
+        "gross_area": 1000.0 + n / 4, "owner": "Portfolio Fund I", "revision": revision,
+    }  # fmt: skip
+    source = {
+        "version": "3.6.1.Final", "connector": "postgresql", "name": "cafm",
+        "snapshot": "false", "db": "cafm", "schema": "public", "table": "buildings",
+    }  # fmt: skip
+    value = orjson.dumps({"before": None, "after": row, "source": source, "op": "u",
+                          "ts_ms": 1_796_170_321_696})  # fmt: skip
+    return n % partitions, orjson.dumps({"bldg_no": bid}), value
+
+
+# The mapping of the mapped scenario: ten platform fields, one a date conversion.
+BUILDING_MAPPING = {
+    "entity": "building",
+    "id": "bldg_no",
+    "fields": {
+        "name": "bldg_name", "street": "street", "city": "city", "postalCode": "zip",
+        "constructionDate": {"expr": "built_at", "convert": "micro_timestamp"},
+        "floorsAboveGround": "floors_above", "grossArea": "gross_area", "owner": "owner",
+        "externalCode": "join('/', [site_no, bldg_no])", "revision": "revision",
+    },
+}  # fmt: skip
+
+
+async def _backlog(
+    ctx: Context, name: str, topic: str, count: int, ids: int | None, *, debezium: bool = False
+) -> None:
     """Pre-produce `count` events over `ids` IDs (None: every event its own ID)."""
     parts = ctx.kafka.partitions
+    shape = _debezium_building if debezium else _building
 
     def make(i: int) -> Event:
-        return _building(i if ids is None else i % ids, i, parts)
+        return shape(i if ids is None else i % ids, i, parts)
 
     ctx.say(f"[{name}] producing {count:,} events to {topic} ...")
     seconds = await ctx.kafka.produce(
@@ -286,25 +320,34 @@ async def throughput_tracked(ctx: Context) -> Result:
     return await _throughput(ctx, "throughput-tracked", tracked=True)
 
 
-async def _throughput(ctx: Context, name: str, *, tracked: bool) -> Result:
+async def throughput_mapped(ctx: Context) -> Result:
+    """The same backlog as Debezium envelopes of a CAFM table, mapped to Buildings (ten
+    fields, one date conversion) by a config mapping: the cost of mapping beside `throughput`."""
+    return await _throughput(ctx, "throughput-mapped", tracked=False, mapped=True)
+
+
+async def _throughput(ctx: Context, name: str, *, tracked: bool, mapped: bool = False) -> Result:
     """A coalescing backlog against an unconstrained budget: events/s, CPU, memory."""
     events, ids = (100_000, 2_000) if ctx.quick else (1_000_000, 20_000)
     result = Result(name)
     result.metrics.update(
         events=events, ids=ids, max_records=500, commit_interval_seconds=0.5,
         tracking="default (enabled)" if tracked else "disabled",
+        input="Debezium envelopes + a 10-field mapping" if mapped else "native records",
     )  # fmt: skip
     topic, group = ctx.names(name)
     await ctx.kafka.create_topics(topic, f"{topic}.dlq")
-    await _backlog(ctx, name, topic, events, ids)
+    await _backlog(ctx, name, topic, events, ids, debezium=mapped)
+    extra: dict[str, Any] = {} if tracked else {"tracking": {"enabled": False}}
+    if mapped:
+        extra["mappings"] = [{"topic": topic, **BUILDING_MAPPING}]
     end = await ctx.kafka.end_offsets(topic)
     unlimited = (1_000_000, 1.0)
     async with _emulator(ctx, name, unlimited) as emu:
         settings = connector_settings(
             bootstrap=ctx.bootstrap, topic=topic, group=group, emulator=emu,
             overrides=ctx.overrides,
-            rate_limit=unlimited, pipeline={"commit_interval_seconds": 0.5},
-            extra={} if tracked else {"tracking": {"enabled": False}},
+            rate_limit=unlimited, pipeline={"commit_interval_seconds": 0.5}, extra=extra,
         )  # fmt: skip
         async with _connector(ctx, name, settings) as conn:
             run = await _run_to_committed(ctx, name, emu, conn, topic=topic, end=end)
@@ -768,6 +811,7 @@ async def memory(ctx: Context) -> Result:
 SCENARIOS: dict[str, Callable[[Context], Awaitable[Result]]] = {
     "throughput": throughput,
     "throughput-tracked": throughput_tracked,
+    "throughput-mapped": throughput_mapped,
     "budget": budget,
     "latency": latency,
     "memory": memory,

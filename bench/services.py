@@ -351,7 +351,7 @@ def connector_settings(
     rate_limit: tuple[int, float],
     window: dict[str, Any] | None = None,
     pipeline: dict[str, Any] | None = None,
-    extra: dict[str, dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
     overrides: Sequence[tuple[str, Any]] = (),
 ) -> dict[str, Any]:
     """A connector configuration for one scenario (everything else at its default).

@@ -120,7 +120,10 @@ def settings_for(
         "metrics": {"port": 0},
     }  # fmt: skip
     for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
+        if isinstance(values, dict):
+            raw.setdefault(section, {}).update(values)
+        else:  # a list section (mappings, sources)
+            raw[section] = values
     return Settings.model_validate(raw)
 
 

@@ -91,7 +91,8 @@ def _pg_bin() -> Path:
 
 @dataclass
 class Postgres:
-    """A PostgreSQL server of our own, as the `postgres` OS user when we are root.
+    """A PostgreSQL server of our own, as the `postgres` OS user when we are root (then `root`
+    must be a directory that user can reach: not inside a 0700 directory of root's).
 
     `sql()` runs statements through `psql` (no Python driver needed); `stop()` is a fast
     shutdown and removes the data directory.
