@@ -177,7 +177,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class Pipeline:
-    """One running connector. Build with `Pipeline.create`, then `await run()`."""
+    """One running connector, built by `run_connector` (which wires its consumer, sink and
+    dead-letter writer), then `await run()`."""
 
     def __init__(
         self,

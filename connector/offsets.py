@@ -5,7 +5,8 @@ superseded by a newer version that is itself finished. The committable position 
 partition is the first offset that is not finished (Kafka's "next offset to read"), so a
 commit never passes a gap. Offsets are tracked in the order they were consumed.
 
-Must not: talk to Kafka; `source` commits what this module computes.
+Must not: talk to Kafka; the pipeline's commit loop (`connector.app`) commits what this
+module computes.
 """
 
 from __future__ import annotations
@@ -50,10 +51,6 @@ class PartitionOffsets:
         if self._open:
             return self._open[0]
         return None if self._last is None else self._last + 1
-
-    @property
-    def open_count(self) -> int:
-        return len(self._open) - len(self._done)
 
     def next_offset(self) -> int | None:
         """One past the last offset taken in (where reading goes on), None before the first."""
@@ -109,9 +106,3 @@ class OffsetTracker:
         for tp in tps:
             self._partitions.pop(tp, None)
             self._committed.pop(tp, None)
-
-    def open_count(self) -> int:
-        return sum(p.open_count for p in self._partitions.values())
-
-    def partitions(self) -> set[TopicPartitionKey]:
-        return set(self._partitions)

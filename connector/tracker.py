@@ -137,7 +137,6 @@ class Tracker:
         self._resubmitting: dict[int, tuple[Batch, int]] = {}
         self._polls: deque[float] = deque()  # start times of recent polls, for the share
         self._wake = anyio.Event()
-        self.polls = 0
 
     @property
     def tracked(self) -> int:
@@ -185,7 +184,6 @@ class Tracker:
                     break
             await anyio.sleep(min(self.poll_interval, 1.0))
         self._polls.append(self.clock())
-        self.polls += 1
 
     async def _call(self, func: Callable[[], Awaitable[Any]]) -> Any:
         """One poll request, within the budget; its outcome is counted."""

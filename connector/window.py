@@ -220,9 +220,3 @@ class Window:
                 self.unsent_records -= len(slot.refs)
                 dropped += len(slot.refs)
         return dropped
-
-    def in_flight_count(self) -> int:
-        return sum(len(q.in_flight) for q in self._queues.values())
-
-    def is_empty(self) -> bool:
-        return self.pending_records == 0

@@ -22,7 +22,6 @@ def test_position_is_the_first_unfinished_offset() -> None:
     p.finish(9)
     p.finish(7)
     assert p.position() == 10
-    assert p.open_count == 0
 
 
 def test_tracker_reports_only_moved_positions_and_forgets_revoked() -> None:
