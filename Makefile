@@ -26,10 +26,11 @@ kafka-jars: $(STAMP)  ## resolve the Kafka broker jars from Maven Central (skipp
 connect-jars: $(STAMP)  ## resolve Kafka Connect + Debezium jars from Maven Central (for the CDC tests)
 	@$(BIN)/python -c 'from tests.support.cdc import resolve_connect_jars; resolve_connect_jars()'
 
-lint: $(STAMP)  ## ruff (lint + format check) and mypy --strict
+lint: $(STAMP)  ## ruff (lint + format check), mypy --strict and the import contracts
 	$(BIN)/ruff check connector tests bench
 	$(BIN)/ruff format --check connector tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint kafka-jars connect-jars  ## lint, type-check, then the whole suite against a real Kafka broker
 	$(BIN)/python -m pytest
