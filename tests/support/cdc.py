@@ -40,7 +40,10 @@ __all__ = [
 ]
 
 POM = PROJECT_ROOT / "tools" / "connect" / "pom.xml"
-PG_BIN_CANDIDATES = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin")
+# Debian's layout; the newest installed version first
+PG_BIN_CANDIDATES = tuple(
+    str(p) for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+)
 
 
 class CdcUnavailable(RuntimeError):
