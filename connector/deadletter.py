@@ -1,4 +1,4 @@
-"""Dead letters: bad records, with the reason, to the dead-letter topic (DESIGN.md §3.4).
+"""Dead letters: bad records, with the reason, to the dead-letter topic (docs/design.md §3.4).
 
 Each dead letter carries the original key and headers plus `error.reason`, `error.message`,
 `source.topic`, `source.partition`, `source.offset` and `error.timestamp`, and, where the
