@@ -56,7 +56,9 @@ def _emulators() -> dict[str, Emulator]:
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, emulators: bool = True) -> argparse.ArgumentParser:
+    """The whole command line. `emulators=False` leaves out the emulators' own flags (each
+    `emulate NAME` sub-command), so that `run` does not import every emulator at start."""
     parser = argparse.ArgumentParser(
         prog="building-twin-connector",
         description="Onboard building and meter change events from Kafka into building "
@@ -87,15 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
     platforms = emulate.add_subparsers(
         title="platforms", dest="name", required=True, metavar="NAME"
     )
-    from connector.emulators.common import add_emulator_arguments  # noqa: PLC0415
+    if emulators:
+        from connector.emulators.common import add_emulator_arguments  # noqa: PLC0415
 
-    for name, emulator in _emulators().items():
-        add_emulator_arguments(
-            platforms.add_parser(
-                name, help=emulator.SUMMARY, description=f"Serve an emulator of {emulator.SUMMARY}."
-            ),
-            emulator,
-        )
+        for name, emulator in _emulators().items():
+            add_emulator_arguments(
+                platforms.add_parser(
+                    name, help=emulator.SUMMARY,
+                    description=f"Serve an emulator of {emulator.SUMMARY}.",
+                ),
+                emulator,
+            )  # fmt: skip
 
     auth = sub.add_parser(
         "auth", help="log in once to a platform that needs a person (bimlink), store the token"
@@ -331,5 +335,8 @@ def main(
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["run"]:
         EarlySignals.install()
-    args = build_parser().parse_args(argv)
+    # only `emulate` (and help, which lists everything) needs the emulators' flags
+    args = build_parser(emulators=argv[:1] not in (["run"], ["check"], ["dry-run"])).parse_args(
+        argv
+    )
     return COMMANDS[args.command](args, out or sys.stdout, err or sys.stderr)

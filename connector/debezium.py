@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -42,9 +42,10 @@ _WRAPPER = frozenset({"schema", "payload"})
 _STRUCT_TEXT = re.compile(r"^Struct\{(.*)\}$", re.DOTALL)
 
 
-@dataclass(frozen=True, slots=True)
-class Key:
-    """A record's key: `text` for a plain string key, `fields` for a struct key."""
+class Key(NamedTuple):
+    """A record's key: `text` for a plain string key, `fields` for a struct key.
+
+    (A NamedTuple: one is made per record, and it is the cheapest immutable record.)"""
 
     text: str | None = None
     fields: dict[str, Any] | None = None
@@ -74,14 +75,16 @@ def parse_key(raw: bytes | None) -> Key | None:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    if text.startswith("["):
-        return None
-    if text.startswith("{"):
+    first = text[0]
+    if first == "{":
         return _json_key(raw, text)
-    struct = _STRUCT_TEXT.match(text)
-    if struct:
-        return Key(fields=_struct_text_fields(struct.group(1)))
-    return Key(text=text)
+    if first == "[":
+        return None
+    if first == "S" and text.startswith("Struct{"):  # most keys are plain IDs: cheap tests
+        struct = _STRUCT_TEXT.match(text)
+        if struct:
+            return Key(None, _struct_text_fields(struct.group(1)))
+    return Key(text)
 
 
 def _json_key(raw: bytes, text: str) -> Key:

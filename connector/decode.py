@@ -153,14 +153,15 @@ class Decoder:
         self._last_delete: dict[tuple[str, int], bytes] = {}
 
     def decode(self, record: RecordLike) -> Change | Rejection | Skip:
-        slot = (record.topic, getattr(record, "partition", 0))
-        after_delete = self._last_delete.pop(slot, None)
+        after_delete = None
+        if self._last_delete:  # (most records follow no delete: no lookup for them)
+            after_delete = self._last_delete.pop(_slot(record), None)
         result = self._decode(record, after_delete)
-        deleted = (isinstance(result, Change) and result.kind == "Deleted") or (
-            isinstance(result, Skip) and result.why == DELETE_IGNORED
-        )
-        if deleted and record.key:
-            self._last_delete[slot] = record.key
+        if record.key and (
+            (isinstance(result, Change) and result.kind == "Deleted")
+            or (isinstance(result, Skip) and result.why == DELETE_IGNORED)
+        ):
+            self._last_delete[_slot(record)] = record.key
         return result
 
     def _decode(  # noqa: PLR0911 - one return per shape of record reads best
@@ -184,6 +185,8 @@ class Decoder:
             return Rejection(
                 Reason.INVALID_RECORD, f"value is a JSON {type(obj).__name__}, not an object"
             )
+        if "eventType" in obj and not self._by_topic:  # the common case: a native record
+            return self._native(obj, key, self.topic_entities.get(record.topic))
         row = read_row(obj)
         found = self._mapping_for(record.topic, row.table if row is not None else None)
         if row is None:
@@ -409,6 +412,10 @@ def _dumps(body: dict[str, Any]) -> bytes:
         return memoryview(orjson.dumps(body)).tobytes()
     except orjson.JSONEncodeError:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _slot(record: RecordLike) -> tuple[str, int]:
+    return record.topic, getattr(record, "partition", 0)
 
 
 def _table_of(topic: str) -> str:
