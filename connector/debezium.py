@@ -17,7 +17,6 @@ Owns recognising these shapes. Must not: decide what a change means for the plat
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import orjson
@@ -113,9 +112,9 @@ def _struct_text_fields(body: str) -> dict[str, Any]:
     return fields
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One row change read from a value.
+class Row(NamedTuple):
+    """One row change read from a value (its `row` is the decoded JSON's own dict, not a copy:
+    the decoder owns it).
 
     `kind` is None for an operation that changes no row (truncate, message) and for an
     unknown `op` (`op not in OPS`: the caller rejects it). `row` is the
@@ -152,7 +151,7 @@ def read_row(obj: dict[str, Any]) -> Row | None:
         return _flat(body, schema)
     if body is not obj and schema is not None and "eventType" not in body:
         # a flattened row inside the wrapper, without the __ fields: an upsert of the row
-        return Row("u", "Updated", dict(body), None, schema, snapshot=False)
+        return Row("u", "Updated", body, None, schema, snapshot=False)
     return None
 
 
@@ -163,7 +162,7 @@ def _envelope(op: str, body: dict[str, Any], schema: Any) -> Row:
     snapshot = isinstance(source, dict) and source.get("snapshot") not in (None, False, "false")
     side = body.get("before" if kind == "Deleted" else "after")
     return Row(
-        op, kind, dict(side) if isinstance(side, dict) else None,
+        op, kind, side if isinstance(side, dict) else None,
         table if isinstance(table, str) else None, schema, snapshot=bool(snapshot) or op == "r",
     )  # fmt: skip
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 
+import jmespath
+import jmespath.exceptions
 import pytest
 
 from connector.mapping import MappingFailed, compile_mapping, convert, schema_conversions
@@ -116,3 +118,30 @@ def test_the_filter_keeps_or_drops_a_row() -> None:
     )  # fmt: skip
     assert mapping.keep(ROW) is True
     assert mapping.keep({**ROW, "status": "draft"}) is False
+
+
+@pytest.mark.parametrize(
+    ("expression", "row"),
+    [
+        ("[addr_no]", {"addr_no": "A-1"}),
+        ("[addr_no, other]", {"addr_no": "A-1"}),
+        ("join('/', [site_no, bldg_no])", {"site_no": "S-1", "bldg_no": "B-1"}),
+        ("join('/', [site_no, bldg_no])", {"site_no": "S-1"}),  # null is not a string
+        ("join('/', [site_no, n])", {"site_no": "S-1", "n": 5}),
+        ("join(', ', [a])", {"a": ""}),
+    ],
+)
+def test_the_fast_paths_agree_with_jmespath_itself(expression: str, row: dict[str, object]) -> None:
+    mapping = compile_mapping(entity="building", id_template="id", fields={"f": expression})
+    ours = mapping.record(row, {})
+    error: str | None = None
+    theirs: object = None
+    try:
+        theirs = jmespath.search(expression, row)
+    except jmespath.exceptions.JMESPathError as exc:
+        error = str(exc)
+    if error is not None:
+        assert isinstance(ours, MappingFailed)
+        assert ours.message == error
+    else:
+        assert ours == ({} if theirs is None else {"f": theirs})
