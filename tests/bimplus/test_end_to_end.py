@@ -9,18 +9,17 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from connector.app import Pipeline, run_connector
 from connector.config import BimplusSourceSettings, Settings
 from connector.emulators.bimplus import BIMPLUS_KEY, BimplusState, create_app
 from connector.emulators.bimplus_state import DEMO_APPLICATION_ID, DEMO_PASSWORD, DEMO_USER
 from connector.emulators.buildingminds import EmulatorOptions
 from tests.integration.helpers import read_topic, running_emulator, settings_for
 from tests.kafka_fixtures import wait_until
+from tests.support.pipeline import running_connector
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -81,26 +80,12 @@ def listings(state: BimplusState) -> int:
     return sum(e.path.endswith("/projects") for e in state.requests)
 
 
-@contextlib.asynccontextmanager
-async def connector(settings: Settings) -> AsyncIterator[Pipeline]:
-    async with anyio.create_task_group() as tg:
-        pipeline: Pipeline = await tg.start(
-            lambda task_status: run_connector(
-                settings, handle_signals=False, task_status=task_status
-            )
-        )
-        try:
-            yield pipeline
-        finally:
-            pipeline.begin_drain()
-
-
 async def test_spatial_structure_arrives_and_only_changes_follow(
     kafka_bootstrap: str, new_topic: NewTopicFactory, group_id: str
 ) -> None:
     async with bed(kafka_bootstrap, new_topic, group_id) as (bm, bimplus, settings, topic):
         projects = list(bimplus.projects.values())
-        async with connector(settings):
+        async with running_connector(settings):
 
             async def complete() -> bool:
                 found = await structure(bm)
@@ -157,7 +142,7 @@ async def test_legacy_scheme_end_to_end(
     legacy = {"auth": "legacy", "username": DEMO_USER, "password": DEMO_PASSWORD,
               "application_id": DEMO_APPLICATION_ID}  # fmt: skip
     async with bed(kafka_bootstrap, new_topic, group_id, **legacy) as (bm, bimplus, settings, _):
-        async with connector(settings):
+        async with running_connector(settings):
 
             async def spaces() -> bool:
                 return len(await bm.entities("space")) == 8
@@ -187,7 +172,7 @@ async def test_auth_failures_are_logged_with_their_fix_and_publish_nothing(
     auth, expected = case
     caplog.set_level(logging.ERROR)
     async with bed(kafka_bootstrap, new_topic, group_id, **auth) as (bm, _, settings, _):
-        async with connector(settings):
+        async with running_connector(settings):
             await wait_until(
                 lambda: any(expected in r.getMessage() for r in caplog.records), timeout=30,
                 what=f"an error naming {expected!r}",

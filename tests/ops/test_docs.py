@@ -31,12 +31,13 @@ def project_text_files() -> list[Path]:
 
 
 def test_no_document_cites_a_file_users_do_not_have() -> None:
-    # the design notes users have are docs/design.md; a DESIGN.md or ../shared/ is not theirs
-    pattern = re.compile(r"(?<![\w/])DESIGN\.md|\.\./shared/|\bseeds/0\d\d_")
+    # users have docs/design.md; the team's own design file, the folder beside the checkout and
+    # its seed documents are not theirs (the names are spelled in pieces so this line is clean)
+    names = ("DES" + "IGN", r"\.\./" + "sha" + "red/", r"\bse" + r"eds/0\d\d_")
+    pattern = re.compile(rf"(?<![\w/]){names[0]}\.md|{names[1]}|{names[2]}")
     hits = [
         f"{path.relative_to(ROOT)}:{n}"
         for path in project_text_files()
-        if path.name != "test_docs.py"
         for n, line in enumerate(path.read_text(errors="replace").splitlines(), start=1)
         if pattern.search(line)
     ]
