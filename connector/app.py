@@ -221,7 +221,7 @@ class Pipeline:
                 submissions_waiting=lambda: self.window.ready(self._held) is not None,
                 poll_interval=t.poll_interval_seconds, max_poll_share=t.max_poll_share,
                 parent_patience=t.parent_patience_seconds, clock=clock, on_poll=metrics.polled,
-                lost_after=getattr(t, "lost_after_seconds", 600.0),
+                lost_after=t.lost_after_seconds,
             )  # fmt: skip
         self.backoff = Backoff(
             base=settings.sink.retry_backoff_seconds, cap=settings.sink.retry_backoff_max_seconds
@@ -577,7 +577,7 @@ class Pipeline:
         assert self.tracker is not None  # noqa: S101 - only the tracker calls this
         completed_mode = self.settings.tracking.commit_on == "completed"
         now_ms = time.time() * 1000
-        lost_retries: int = getattr(self.settings.tracking, "lost_retries", 3)
+        lost_retries = self.settings.tracking.lost_retries
         if outcome.lost and outcome.resubmissions < lost_retries:
             again = [batch.slots[i] for i in outcome.lost]
             refused = [s for i, s in enumerate(batch.slots) if i not in set(outcome.lost)]
