@@ -10,25 +10,25 @@ STAMP  := $(VENV)/.installed-stamp
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml devtools/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed; set PYTHON=python3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev]' -e ./devtools
 	@touch $@
 
 venv: $(STAMP)  ## create .venv and install the package with its dev tools
 
 kafka-jars: $(STAMP)  ## resolve the Kafka broker jars from Maven Central (skipped with KAFKA_BOOTSTRAP)
 	@if [ -n "$$KAFKA_BOOTSTRAP" ]; then echo "using the broker at $$KAFKA_BOOTSTRAP"; \
-	else $(BIN)/python -m connector.devbroker resolve >/dev/null; fi
+	else $(BIN)/python -m twin_devtools.devbroker resolve >/dev/null; fi
 
 connect-jars: $(STAMP)  ## resolve Kafka Connect + Debezium jars from Maven Central (for the CDC tests)
 	@$(BIN)/python -c 'from tests.support.cdc import resolve_connect_jars; resolve_connect_jars()'
 
 lint: $(STAMP)  ## ruff (lint + format check), mypy --strict and the import contracts
-	$(BIN)/ruff check connector tests bench
-	$(BIN)/ruff format --check connector tests bench
+	$(BIN)/ruff check connector devtools tests bench
+	$(BIN)/ruff format --check connector devtools tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -39,7 +39,7 @@ test-fast: $(STAMP)  ## only the tests that need no Kafka broker
 	$(BIN)/python -m pytest -m 'not kafka'
 
 demo: $(STAMP)  ## broker + emulator + sample events + connector, live progress; Ctrl-C stops
-	$(BIN)/python -m connector.demo
+	$(BIN)/python -m twin_devtools.demo
 
 bench: kafka-jars  ## throughput, budget, latency and memory against docs/design.md §5; writes bench-report.json
 	$(BIN)/python -m bench.run --out bench-report.json

@@ -32,14 +32,14 @@ import yaml
 from bench.procs import Child
 from bench.scenarios import SCENARIOS, Context, Result
 from bench.services import BenchError, Kafka
-from connector.devbroker import ExternalBroker, LocalBroker, find_or_start_broker, local_broker
 from connector.errors import BrokerUnavailable
+from twin_devtools.devbroker import ExternalBroker, LocalBroker, find_or_start_broker, local_broker
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from types import FrameType
 
-    from connector.devbroker import Broker
+    from twin_devtools.devbroker import Broker
 
 __all__ = ["main"]
 

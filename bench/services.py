@@ -30,7 +30,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.procs import Child, StopOutcome
-from connector.devbroker import free_port
+from twin_devtools.devbroker import free_port
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

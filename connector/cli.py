@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from connector.config import Settings
-    from connector.emulators.common import Emulator
+    from twin_emulators.common import Emulator
 
 __all__ = ["build_parser", "main"]
 
@@ -44,9 +44,20 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+EMULATORS_MISSING = (
+    "the emulators are not installed: they are a separate distribution, "
+    "building-twin-devtools (in a checkout: `make venv`, or "
+    "`pip install -e ./devtools`; docs/emulator.md)"
+)
+
+
 def _emulators() -> dict[str, Emulator]:
-    """The platforms `emulate` serves, by name, in the order `emulate --help` lists them."""
-    from connector.emulators import bimlink, bimplus, buildingminds, buildingx  # noqa: PLC0415
+    """The platforms `emulate` serves, by name, in the order `emulate --help` lists them.
+    Empty when the emulators' distribution is not installed (as in the runtime image)."""
+    try:
+        from twin_emulators import bimlink, bimplus, buildingminds, buildingx  # noqa: PLC0415
+    except ImportError:
+        return {}
 
     return {
         "buildingminds": buildingminds,
@@ -89,10 +100,15 @@ def build_parser(*, emulators: bool = True) -> argparse.ArgumentParser:
     platforms = emulate.add_subparsers(
         title="platforms", dest="name", required=True, metavar="NAME"
     )
-    if emulators:
-        from connector.emulators.common import add_emulator_arguments  # noqa: PLC0415
+    installed = _emulators() if emulators else {}
+    if emulators and not installed:
+        emulate.description = f"{emulate.description} Here {EMULATORS_MISSING}."
+        for name in ("buildingminds", "buildingx", "bimlink", "bimplus"):
+            platforms.add_parser(name, help="(not installed)")
+    if installed:
+        from twin_emulators.common import add_emulator_arguments  # noqa: PLC0415
 
-        for name, emulator in _emulators().items():
+        for name, emulator in installed.items():
             add_emulator_arguments(
                 platforms.add_parser(
                     name, help=emulator.SUMMARY,
@@ -335,6 +351,9 @@ def main(
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["run"]:
         EarlySignals.install()
+    if argv[:1] == ["emulate"] and not {"-h", "--help"} & set(argv) and not _emulators():
+        print(f"error: {EMULATORS_MISSING}", file=err or sys.stderr)
+        return EXIT_USAGE
     # only `emulate` (and help, which lists everything) needs the emulators' flags
     args = build_parser(emulators=argv[:1] not in (["run"], ["check"], ["dry-run"])).parse_args(
         argv

@@ -1,6 +1,6 @@
 """Fixtures shared by every test: the anyio backend and the Kafka test bed.
 
-The broker comes from `connector.devbroker` (KAFKA_BOOTSTRAP, else a local broker from Maven
+The broker comes from `twin_devtools.devbroker` (KAFKA_BOOTSTRAP, else a local broker from Maven
 Central jars, else Docker). It starts once per session, lazily: unit tests never start it.
 """
 

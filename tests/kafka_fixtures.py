@@ -24,7 +24,7 @@ import anyio
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from connector.devbroker import (
+from twin_devtools.devbroker import (
     KAFKA_VERSION,
     Broker,
     ExternalBroker,

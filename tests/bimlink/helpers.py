@@ -24,10 +24,10 @@ import orjson
 from aiohttp.test_utils import TestServer
 
 from connector.config import BimlinkSourceSettings
-from connector.emulators.bimlink import STATE_KEY, BimlinkOptions, BimlinkState, create_app
-from connector.emulators.bimlink_auth import DEMO_CLIENT, OAuthClient
 from connector.sources.bimlink_auth import LoginFailed, login
 from tests.kafka_fixtures import wait_until
+from twin_emulators.bimlink import STATE_KEY, BimlinkOptions, BimlinkState, create_app
+from twin_emulators.bimlink_auth import DEMO_CLIENT, OAuthClient
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable

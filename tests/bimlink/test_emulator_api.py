@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import pytest
 
-from connector.emulators.bimlink_data import demo_id
 from tests.bimlink.helpers import Bimlink, free_port, options_for, running_bimlink
+from twin_emulators.bimlink_data import demo_id
 
 if TYPE_CHECKING:
     from tests.emulator.conftest import FakeClock

@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from connector.emulators.bimlink_data import demo_id
-from connector.emulators.buildingminds import EmulatorOptions
 from tests.bimlink.helpers import (
     Bimlink,
     drive_login,
@@ -34,6 +32,8 @@ from tests.integration.helpers import (
     running_emulator,
     settings_for,
 )
+from twin_emulators.bimlink_data import demo_id
+from twin_emulators.buildingminds import EmulatorOptions
 
 if TYPE_CHECKING:
     from pathlib import Path

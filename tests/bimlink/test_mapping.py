@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from connector.config import BimlinkSourceSettings
-from connector.emulators.buildingminds_model import ENTITIES as SPECS
-from connector.emulators.buildingminds_model import validate_record
 from connector.errors import ConfigError
 from connector.sources.bimlink import choose_phase, external_id, map_locations
+from twin_emulators.buildingminds_model import ENTITIES as SPECS
+from twin_emulators.buildingminds_model import validate_record
 
 SETTINGS = BimlinkSourceSettings(
     type="bimlink", client_id="c", refresh_token_file=Path("/nonexistent/token.json")

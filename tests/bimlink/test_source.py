@@ -18,7 +18,6 @@ import pytest
 from pydantic import SecretStr
 
 from connector.auth import TokenProvider
-from connector.emulators.bimlink_data import demo_id
 from connector.errors import (
     CredentialsRejected,
     EndpointMisconfigured,
@@ -35,6 +34,7 @@ from tests.bimlink.helpers import (
     running_bimlink,
     source_settings,
 )
+from twin_emulators.bimlink_data import demo_id
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

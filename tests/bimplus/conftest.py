@@ -17,15 +17,15 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from connector.config import BimplusSourceSettings
-from connector.emulators.bimplus import BIMPLUS_KEY, BimplusOptions, BimplusState, create_app
-from connector.emulators.bimplus_state import (
+from tests.emulator.conftest import FakeClock, Reply
+from twin_emulators.bimplus import BIMPLUS_KEY, BimplusOptions, BimplusState, create_app
+from twin_emulators.bimplus_state import (
     DEMO_APPLICATION_ID,
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,
     DEMO_PASSWORD,
     DEMO_USER,
 )
-from tests.emulator.conftest import FakeClock, Reply
 
 TOKEN_PATH = "/realms/bimplus/protocol/openid-connect/token"
 CLIENT_FORM = {

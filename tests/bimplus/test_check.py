@@ -16,16 +16,16 @@ import pytest
 import yaml
 
 from connector.cli import EXIT_CHECK_FAILED, EXIT_OK, main
-from connector.devbroker import free_port
-from connector.emulators.bimplus_state import (
+from tests.integration.helpers import running_emulator
+from twin_devtools.devbroker import free_port
+from twin_emulators.bimplus_state import (
     DEMO_APPLICATION_ID,
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,
     DEMO_PASSWORD,
     DEMO_USER,
 )
-from connector.emulators.buildingminds import EmulatorOptions
-from tests.integration.helpers import running_emulator
+from twin_emulators.buildingminds import EmulatorOptions
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -10,9 +10,9 @@ import aiohttp
 import orjson
 import pytest
 
-from connector.emulators.bimplus import BimplusOptions
-from connector.emulators.bimplus_state import DEMO_TEAM, DEMO_USER
 from tests.bimplus.conftest import LEGACY_BODY, TOKEN_PATH
+from twin_emulators.bimplus import BimplusOptions
+from twin_emulators.bimplus_state import DEMO_TEAM, DEMO_USER
 
 if TYPE_CHECKING:
     from tests.bimplus.conftest import Bimplus, StartBimplus

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from connector.emulators import bimplus as bimplus_module
-from connector.emulators.bimplus import BimplusOptions, options_from_args
-from connector.emulators.bimplus_state import DEMO_PASSWORD, DEMO_USER, PUBLIC_CLIENT_ID
-from connector.emulators.common import add_emulator_arguments
-from connector.emulators.jwt import unb64url
 from tests.bimplus.conftest import CLIENT_FORM, LEGACY_BODY, TOKEN_PATH
+from twin_emulators import bimplus as bimplus_module
+from twin_emulators.bimplus import BimplusOptions, options_from_args
+from twin_emulators.bimplus_state import DEMO_PASSWORD, DEMO_USER, PUBLIC_CLIENT_ID
+from twin_emulators.common import add_emulator_arguments
+from twin_emulators.jwt import unb64url
 
 if TYPE_CHECKING:
     from tests.bimplus.conftest import Bimplus, StartBimplus

@@ -14,12 +14,12 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from connector.config import BimplusSourceSettings, Settings
-from connector.emulators.bimplus import BIMPLUS_KEY, BimplusState, create_app
-from connector.emulators.bimplus_state import DEMO_APPLICATION_ID, DEMO_PASSWORD, DEMO_USER
-from connector.emulators.buildingminds import EmulatorOptions
 from tests.integration.helpers import read_topic, running_emulator, settings_for
 from tests.kafka_fixtures import wait_until
 from tests.support.pipeline import running_connector
+from twin_emulators.bimplus import BIMPLUS_KEY, BimplusState, create_app
+from twin_emulators.bimplus_state import DEMO_APPLICATION_ID, DEMO_PASSWORD, DEMO_USER
+from twin_emulators.buildingminds import EmulatorOptions
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

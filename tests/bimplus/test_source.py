@@ -15,9 +15,6 @@ import yaml
 from pydantic import ValidationError
 
 from connector.config import BimplusSourceSettings, load_settings
-from connector.emulators.bimplus_state import DEMO_APPLICATION_ID, DEMO_PASSWORD, DEMO_USER
-from connector.emulators.buildingminds_model import ENTITIES as RULES
-from connector.emulators.buildingminds_model import validate_record
 from connector.errors import (
     ConfigError,
     CredentialsRejected,
@@ -28,6 +25,9 @@ from connector.errors import (
 )
 from connector.sources.base import Change
 from connector.sources.bimplus import BimplusSource, external_id, iso_datetime, map_topology
+from twin_emulators.bimplus_state import DEMO_APPLICATION_ID, DEMO_PASSWORD, DEMO_USER
+from twin_emulators.buildingminds_model import ENTITIES as RULES
+from twin_emulators.buildingminds_model import validate_record
 
 if TYPE_CHECKING:
     from pathlib import Path

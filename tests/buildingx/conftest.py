@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from connector.emulators.buildingx import (
+from tests.emulator.conftest import FakeClock, Reply, clock, fetch, starter
+from twin_emulators.buildingx import (
     API_ROOT,
     INGEST,
     MEDIA_TYPE,
@@ -24,8 +25,7 @@ from connector.emulators.buildingx import (
     BuildingXState,
     create_app,
 )
-from connector.emulators.buildingx_state import DEMO_PARTITION
-from tests.emulator.conftest import FakeClock, Reply, clock, fetch, starter
+from twin_emulators.buildingx_state import DEMO_PARTITION
 
 if TYPE_CHECKING:
     import aiohttp

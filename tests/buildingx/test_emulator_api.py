@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from connector.emulators.buildingx import MEDIA_TYPE, BuildingXOptions
-from connector.emulators.buildingx_state import MachineUser
 from tests.buildingx.conftest import LOCATIONS, location, point_values, values_path
+from twin_emulators.buildingx import MEDIA_TYPE, BuildingXOptions
+from twin_emulators.buildingx_state import MachineUser
 
 if TYPE_CHECKING:
     from tests.buildingx.conftest import BuildingX, StartBuildingX

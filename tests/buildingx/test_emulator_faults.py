@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from connector.emulators.buildingx import BuildingXOptions
 from tests.buildingx.conftest import LOCATIONS, point_values, values_path
+from twin_emulators.buildingx import BuildingXOptions
 
 if TYPE_CHECKING:
     from tests.buildingx.conftest import BuildingX, StartBuildingX

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from connector.emulators.buildingx import BuildingXOptions
-from connector.emulators.jwt import JwtSigner, b64url, unb64url
 from tests.buildingx.conftest import LOCATIONS
+from twin_emulators.buildingx import BuildingXOptions
+from twin_emulators.jwt import JwtSigner, b64url, unb64url
 
 if TYPE_CHECKING:
     from tests.buildingx.conftest import BuildingX, StartBuildingX

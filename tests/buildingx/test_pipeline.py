@@ -14,8 +14,6 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from connector.config import Settings
-from connector.emulators.buildingx import API_ROOT, BuildingXOptions, create_app
-from connector.emulators.buildingx_state import DEMO_PARTITION
 from tests.integration.helpers import (
     committed_offsets,
     end_offsets,
@@ -23,6 +21,8 @@ from tests.integration.helpers import (
     read_topic,
     run_until,
 )
+from twin_emulators.buildingx import API_ROOT, BuildingXOptions, create_app
+from twin_emulators.buildingx_state import DEMO_PARTITION
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -16,12 +16,12 @@ import pytest
 from pydantic import SecretStr
 
 from connector.auth import BearerAuth, ClientCredentials, TokenProvider
-from connector.emulators.buildingx import API_ROOT, BuildingXOptions
-from connector.emulators.buildingx_state import AUDIENCE, DEMO_PARTITION, MachineUser
 from connector.entities import find_entity
 from connector.errors import EndpointMisconfigured, RateLimited, ServerError
 from connector.ratelimit import RollingWindowLimiter
 from connector.sinks.buildingx import APIS, BuildingXSink, ParentPending, error_text
+from twin_emulators.buildingx import API_ROOT, BuildingXOptions
+from twin_emulators.buildingx_state import AUDIENCE, DEMO_PARTITION, MachineUser
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -17,7 +17,7 @@ from tests.support.cdc import CdcUnavailable, ConnectWorker, Postgres, debezium_
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from connector.devbroker import Broker
+    from twin_devtools.devbroker import Broker
 
 TABLES = ("addresses", "sites", "buildings", "floors", "spaces", "meters")
 

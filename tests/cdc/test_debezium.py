@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from connector.emulators.buildingminds import EmulatorOptions
 from tests.cdc.conftest import VARIANTS, Upstream
 from tests.integration.helpers import Emulator, run_until, running_emulator, settings_for
+from twin_emulators.buildingminds import EmulatorOptions
 
 if TYPE_CHECKING:
     from collections.abc import Callable

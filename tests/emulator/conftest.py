@@ -20,14 +20,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
-from connector.emulators.buildingminds import (
+from twin_emulators.buildingminds import (
     API_PREFIX,
     DEFAULT_TENANT,
     STATE_KEY,
     EmulatorState,
     create_app,
 )
-from connector.emulators.buildingminds_model import ENTITIES
+from twin_emulators.buildingminds_model import ENTITIES
 
 TOKEN_PATH = f"/{DEFAULT_TENANT}/oauth2/v2.0/token"
 DEMO_FORM = {

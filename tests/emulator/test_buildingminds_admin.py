@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from connector.emulators.buildingminds import EmulatorOptions
 from tests.emulator.test_buildingminds_api import record
+from twin_emulators.buildingminds import EmulatorOptions
 
 if TYPE_CHECKING:
     from tests.emulator.conftest import Emulator, StartEmulator

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from connector.emulators.buildingminds import EmulatorOptions
-from connector.emulators.buildingminds_auth import DEMO_CLIENT, ClientCredential
-from connector.emulators.buildingminds_model import ENTITIES
+from twin_emulators.buildingminds import EmulatorOptions
+from twin_emulators.buildingminds_auth import DEMO_CLIENT, ClientCredential
+from twin_emulators.buildingminds_model import ENTITIES
 
 if TYPE_CHECKING:
     from tests.emulator.conftest import Emulator, StartEmulator

@@ -14,16 +14,16 @@ import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from connector.emulators import buildingminds
-from connector.emulators.buildingminds import (
+from connector.errors import ConfigError
+from tests.emulator.conftest import DEMO_FORM
+from twin_emulators import buildingminds
+from twin_emulators.buildingminds import (
     EmulatorOptions,
     options_from_args,
     run_from_args,
 )
-from connector.emulators.buildingminds_auth import DEMO_CLIENT
-from connector.emulators.common import add_emulator_arguments
-from connector.errors import ConfigError
-from tests.emulator.conftest import DEMO_FORM
+from twin_emulators.buildingminds_auth import DEMO_CLIENT
+from twin_emulators.common import add_emulator_arguments
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -144,7 +144,7 @@ def test_run_from_args_refuses_bad_options(
 
 SERVE = (
     "import argparse, sys\n"
-    "from connector.emulators import buildingminds, common\n"
+    "from twin_emulators import buildingminds, common\n"
     "p = argparse.ArgumentParser()\n"
     "common.add_emulator_arguments(p, buildingminds)\n"
     "sys.exit(buildingminds.run_from_args(p.parse_args(sys.argv[1:])))\n"

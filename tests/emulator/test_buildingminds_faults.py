@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 import aiohttp
 import pytest
 
-from connector.emulators.buildingminds import EmulatorOptions
-from connector.emulators.buildingminds_faults import PROFILES
 from tests.emulator.test_buildingminds_api import record
+from twin_emulators.buildingminds import EmulatorOptions
+from twin_emulators.faults import PROFILES
 
 if TYPE_CHECKING:
     from tests.emulator.conftest import Emulator, StartEmulator

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestServer
 
 from connector.commands import run_check
 from connector.config import Settings
-from connector.emulators.buildingminds import DEFAULT_TENANT, EmulatorOptions, create_app
+from twin_emulators.buildingminds import DEFAULT_TENANT, EmulatorOptions, create_app
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

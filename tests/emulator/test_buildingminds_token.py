@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from connector.emulators.buildingminds import EmulatorOptions
 from tests.emulator.conftest import DEMO_FORM, TOKEN_PATH
+from twin_emulators.buildingminds import EmulatorOptions
 
 if TYPE_CHECKING:
     from tests.emulator.conftest import Emulator, StartEmulator

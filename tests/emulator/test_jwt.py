@@ -1,11 +1,11 @@
-"""The emulators' JWTs (`connector.emulators.jwt`): what a signer accepts and what it refuses."""
+"""The emulators' JWTs (`twin_emulators.jwt`): what a signer accepts and what it refuses."""
 
 from __future__ import annotations
 
 import orjson
 import pytest
 
-from connector.emulators.jwt import JwtSigner, b64url, unb64url
+from twin_emulators.jwt import JwtSigner, b64url, unb64url
 
 EXP = 2_000_000_000
 CLAIMS: dict[str, object] = {"sub": "demo-client", "exp": EXP}

@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from connector.emulators.buildingminds import EmulatorOptions
 from tests.integration.helpers import Emulator, running_emulator
+from twin_emulators.buildingminds import EmulatorOptions
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

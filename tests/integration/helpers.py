@@ -22,9 +22,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from connector.app import Pipeline, run_connector
 from connector.config import Settings
-from connector.devbroker import free_port, port_open
-from connector.emulators.buildingminds import EmulatorOptions, create_app
 from tests.kafka_fixtures import wait_until
+from twin_devtools.devbroker import free_port, port_open
+from twin_emulators.buildingminds import EmulatorOptions, create_app
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator, Sequence

@@ -20,15 +20,15 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from connector.cli import EXIT_CHECK_FAILED, EXIT_OK, main
-from connector.devbroker import free_port
 from tests.integration.helpers import emulator_process
 from tests.kafka_fixtures import create_topic
+from twin_devtools.devbroker import free_port
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from connector.devbroker import Broker
+    from twin_devtools.devbroker import Broker
 
 pytestmark = pytest.mark.kafka
 

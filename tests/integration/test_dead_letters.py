@@ -16,7 +16,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from connector.devbroker import resolve_jars
 from tests.integration.helpers import (
     Emulator,
     building,
@@ -26,6 +25,7 @@ from tests.integration.helpers import (
     settings_for,
 )
 from tests.support.rawkafka import RawRecord, produce_raw
+from twin_devtools.devbroker import resolve_jars
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from connector.devbroker import Broker, free_port
+from twin_devtools.devbroker import Broker, free_port
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -39,7 +39,7 @@ def test_demo_shows_progress_and_every_metric_and_stops_on_ctrl_c(
     log = tmp_path / "demo.out"
     with log.open("wb") as out:
         demo = subprocess.Popen(
-            [sys.executable, "-m", "connector.demo", "--work-dir", str(tmp_path / "demo")],
+            [sys.executable, "-m", "twin_devtools.demo", "--work-dir", str(tmp_path / "demo")],
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
     try:

@@ -16,13 +16,13 @@ import anyio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from connector.devbroker import free_port, port_open
 from tests.kafka_fixtures import NewTopicFactory, create_topic, wait_until
+from twin_devtools.devbroker import free_port, port_open
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from connector.devbroker import LocalBroker
+    from twin_devtools.devbroker import LocalBroker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.kafka]
 
@@ -183,7 +183,7 @@ async def test_committed_offsets_survive_kill_9_of_the_broker(
 async def test_devbroker_run_stops_its_broker_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     launcher = subprocess.Popen(  # noqa: ASYNC220 - a child process we signal and wait for
-        [sys.executable, "-m", "connector.devbroker", "run", "--port", str(port),
+        [sys.executable, "-m", "twin_devtools.devbroker", "run", "--port", str(port),
          "--data-dir", str(tmp_path / "data")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

@@ -11,9 +11,9 @@ import anyio
 import pytest
 import yaml
 
-from connector.devbroker import LocalBroker, free_port
 from tests.integration.helpers import ConnectorProcess, Emulator, building, produce, write_config
 from tests.kafka_fixtures import create_topic, wait_until
+from twin_devtools.devbroker import LocalBroker, free_port
 
 if TYPE_CHECKING:
     from pathlib import Path

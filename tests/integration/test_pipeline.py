@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from connector.emulators.buildingminds import EmulatorOptions
 from connector.samples import sample_events
 from tests.integration.helpers import (
     Emulator,
@@ -24,6 +23,7 @@ from tests.integration.helpers import (
     running_emulator,
     settings_for,
 )
+from twin_emulators.buildingminds import EmulatorOptions
 
 if TYPE_CHECKING:
     from tests.kafka_fixtures import NewTopicFactory
@@ -269,7 +269,7 @@ async def test_health_and_readiness_endpoints(
 ) -> None:
     import aiohttp  # noqa: PLC0415
 
-    from connector.devbroker import free_port  # noqa: PLC0415
+    from twin_devtools.devbroker import free_port  # noqa: PLC0415
 
     topic, dlq = await new_topic(), await new_topic(prefix="dlq")
     port = free_port()

@@ -12,7 +12,6 @@ import anyio
 import pytest
 import yaml
 
-from connector.devbroker import free_port, local_broker
 from tests.integration.helpers import (
     ConnectorProcess,
     Emulator,
@@ -21,6 +20,7 @@ from tests.integration.helpers import (
     write_config,
 )
 from tests.kafka_fixtures import NewTopicFactory, create_topic, wait_until
+from twin_devtools.devbroker import free_port, local_broker
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -13,8 +13,8 @@ from aiohttp import web
 
 from connector.commands import run_check
 from connector.config import Settings
-from connector.devbroker import free_port
-from connector.emulators.buildingminds import EmulatorOptions, create_app
+from twin_devtools.devbroker import free_port
+from twin_emulators.buildingminds import EmulatorOptions, create_app
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

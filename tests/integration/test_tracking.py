@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 import orjson
 import pytest
 
-from connector.emulators.buildingminds import EmulatorOptions
 from tests.integration.helpers import (
     ConnectorProcess,
     building,
@@ -24,6 +23,7 @@ from tests.integration.helpers import (
     write_config,
 )
 from tests.kafka_fixtures import NewTopicFactory, wait_until
+from twin_emulators.buildingminds import EmulatorOptions
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -30,8 +30,6 @@ if TYPE_CHECKING:
 import anyio
 from aiokafka import AIOKafkaProducer
 
-from connector.devbroker import LocalBroker, find_or_start_broker
-from connector.emulators.buildingminds import EmulatorOptions
 from tests.integration.helpers import (
     ConnectorProcess,
     committed_offsets,
@@ -41,6 +39,8 @@ from tests.integration.helpers import (
 )
 from tests.kafka_fixtures import create_topic
 from tests.reliability.test_faults import seq
+from twin_devtools.devbroker import LocalBroker, find_or_start_broker
+from twin_emulators.buildingminds import EmulatorOptions
 
 API_FAULTS: list[dict[str, Any]] = [
     {"profile": "errors", "rate": 0.3},

@@ -14,7 +14,6 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from connector.emulators.buildingminds import STATE_KEY, EmulatorOptions
 from tests.integration.helpers import (
     ConnectorProcess,
     Emulator,
@@ -30,11 +29,12 @@ from tests.integration.helpers import (
 )
 from tests.kafka_fixtures import NewTopicFactory, create_topic, wait_until
 from tests.reliability.conftest import Report, Row
+from twin_emulators.buildingminds import STATE_KEY, EmulatorOptions
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from connector.devbroker import LocalBroker
+    from twin_devtools.devbroker import LocalBroker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.kafka, pytest.mark.slow]
 

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from connector.emulators.buildingminds import EmulatorOptions
 from tests.integration.helpers import (
     Emulator,
     committed_offsets,
@@ -51,6 +50,7 @@ from tests.support.pipeline import (
     until,
 )
 from tests.support.rawkafka import read_raw
+from twin_emulators.buildingminds import EmulatorOptions
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -30,7 +30,6 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from connector.decode import Reason
-from connector.emulators.buildingminds import EmulatorOptions
 from tests.integration.helpers import (
     committed_offsets,
     end_offsets,
@@ -41,6 +40,7 @@ from tests.reliability.conftest import Report, Row
 from tests.support.hostile import MIB
 from tests.support.pipeline import reconciles, running_connector, until
 from tests.support.rawkafka import RawRecord, create_topic_with, produce_raw, read_raw
+from twin_emulators.buildingminds import EmulatorOptions
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence

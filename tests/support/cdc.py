@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from connector.devbroker import PROJECT_ROOT, free_port, port_open
+from twin_devtools.devbroker import PROJECT_ROOT, free_port, port_open
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping

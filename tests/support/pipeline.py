@@ -168,7 +168,7 @@ class LogCapture:
         return "\n".join(
             orjson.dumps(line).decode()
             for line in self.lines()
-            if not str(line.get("logger", "")).startswith("connector.emulators")
+            if not str(line.get("logger", "")).startswith("twin_emulators")
         )
 
 

@@ -110,3 +110,25 @@ def test_only_an_emulator_bound_beyond_loopback_warns_that_its_admin_api_is_open
     announced, err = serve_briefly(platform, "--host", "127.0.0.1")
     assert "listening on" in announced
     assert "warning" not in err, "loopback is the safe default: no warning"
+
+
+@pytest.mark.parametrize("argv", [["buildingminds"], ["buildingx", "--port", "8080"]])
+def test_emulate_without_the_dev_tools_installed_says_how_to_get_them(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    # as in the runtime image: the emulators are a distribution of their own
+    monkeypatch.setitem(sys.modules, "twin_emulators", None)
+    code, out, err = run("emulate", *argv)
+    assert code == EXIT_USAGE
+    assert out == ""
+    assert "building-twin-devtools" in err
+    assert "pip install -e ./devtools" in err
+
+
+def test_emulate_help_without_the_dev_tools_installed_names_the_distribution(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "twin_emulators", None)
+    with pytest.raises(SystemExit) as stopped:
+        run("emulate", "--help")
+    assert stopped.value.code == 0

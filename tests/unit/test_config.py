@@ -541,7 +541,7 @@ def test_configured_secrets_are_masked_in_every_log_line_from_the_start(tmp_path
 
 
 def test_the_product_never_imports_an_emulator(tmp_path: Path) -> None:
-    """config imported SITE_TYPES from connector/emulators/buildingminds_model."""
+    """config imported SITE_TYPES from devtools/twin_emulators/buildingminds_model."""
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415
 
@@ -553,7 +553,7 @@ def test_the_product_never_imports_an_emulator(tmp_path: Path) -> None:
     code = (
         "import sys; from pathlib import Path; from connector.config import load_settings; "
         f"load_settings(Path({str(path)!r}), {{}}); "
-        "print(sorted(m for m in sys.modules if m.startswith('connector.emulators')))"
+        "print(sorted(m for m in sys.modules if m.startswith('twin_emulators')))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60

@@ -30,7 +30,6 @@ from pydantic import SecretStr
 from connector.app import http_session
 from connector.auth import BearerAuth, ClientCredentials, TokenProvider
 from connector.config import BimlinkSourceSettings
-from connector.devbroker import free_port
 from connector.errors import (
     CredentialsRejected,
     EndpointMisconfigured,
@@ -45,6 +44,7 @@ from connector.http import ACCEPT_ENCODING, PLAIN_HTTP_HINT, Answer, StatusTable
 from connector.logs import register_secret
 from connector.sinks.buildingminds import BuildingMindsSink
 from connector.sources.bimlink_auth import LoginFailed, RefreshTokenFile, _exchange
+from twin_devtools.devbroker import free_port
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable

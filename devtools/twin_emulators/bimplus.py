@@ -4,7 +4,7 @@ Owns the HTTP surface of one emulated Bimplus installation, behaving as the publ
 documentation describes it and, where that is
 silent, as documented in docs/bimplus.md ("inferred"), plus the admin API and the command
 line. Data, credentials and tokens live in `bimplus_state`; the fault profiles, the rolling
-rate window and the request log are the BuildingMinds emulator's (`buildingminds_faults`,
+rate window and the request log are the BuildingMinds emulator's (`faults`,
 `buildingminds_auth.RateLimiter`, `buildingminds_state.LogEntry`), and the front door, fault
 responses, admin views and command line are shared by every emulator (`common`), so the
 emulators cannot drift apart.
@@ -66,8 +66,8 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 from aiohttp import web
 
-from connector.emulators import common
-from connector.emulators.bimplus_state import (
+from twin_emulators import common
+from twin_emulators.bimplus_state import (
     BIMPLUS_KEY,
     DEMO_APPLICATION_ID,
     DEMO_CLIENT_ID,
@@ -83,9 +83,9 @@ from connector.emulators.bimplus_state import (
     Project,
     Team,
 )
-from connector.emulators.buildingminds_auth import basic_credentials
-from connector.emulators.buildingminds_state import LogEntry
-from connector.emulators.common import (
+from twin_emulators.buildingminds_auth import basic_credentials
+from twin_emulators.buildingminds_state import LogEntry
+from twin_emulators.common import (
     Caller,
     Gate,
     admit,

@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from connector.emulators.buildingminds_model import (
+from twin_emulators.buildingminds_model import (
     FAILED_VALIDATION,
     IN_PROGRESS,
     NEW,
@@ -36,7 +36,7 @@ from connector.emulators.buildingminds_model import (
 )
 
 if TYPE_CHECKING:
-    from connector.emulators.buildingminds_model import EntitySpec
+    from twin_emulators.buildingminds_model import EntitySpec
 
 __all__ = ["Batch", "InboundRecord", "Ingest", "Submission"]
 

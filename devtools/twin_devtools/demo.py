@@ -29,14 +29,14 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from prometheus_client.parser import text_string_to_metric_families
 
-from connector.devbroker import (
+from connector.errors import BrokerUnavailable
+from connector.samples import sample_events
+from twin_devtools.devbroker import (
     PROJECT_ROOT,
     find_or_start_broker,
     free_port,
     port_open,
 )
-from connector.errors import BrokerUnavailable
-from connector.samples import sample_events
 
 __all__ = ["main"]
 
@@ -231,7 +231,7 @@ async def run_demo(rate: float, duration: float | None, work: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m connector.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m twin_devtools.demo", description=__doc__)
     parser.add_argument("--rate", type=float, default=50.0, help="events per second (default 50)")
     parser.add_argument("--duration", type=float, default=None, help="stop after N seconds")
     parser.add_argument("--work-dir", type=Path, default=PROJECT_ROOT / ".cache" / "demo")

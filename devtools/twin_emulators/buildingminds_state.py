@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
-from connector.emulators.buildingminds_auth import DEMO_CLIENT, RateLimiter, TokenIssuer
-from connector.emulators.buildingminds_faults import FaultInjector, FaultSettings
-from connector.emulators.buildingminds_ingest import Ingest
 from connector.logs import get_logger
+from twin_emulators.buildingminds_auth import DEMO_CLIENT, RateLimiter, TokenIssuer
+from twin_emulators.buildingminds_ingest import Ingest
+from twin_emulators.faults import FaultInjector, FaultSettings
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from connector.emulators.buildingminds_auth import ClientCredential
+    from twin_emulators.buildingminds_auth import ClientCredential
 
 __all__ = [
     "DEFAULT_TENANT",

@@ -5,7 +5,7 @@ describes, with the undocumented details
 inferred (docs/bimlink.md lists them), plus the admin API and the command line. The rules live
 beside it: OAuth2 (`bimlink_auth`) and the data with its per-user visibility
 (`bimlink_data`). Faults and the rolling-window rate limit are the BuildingMinds emulator's
-(`buildingminds_faults.FaultInjector`, `buildingminds_auth.RateLimiter`), reused as they are.
+(`faults.FaultInjector`, `buildingminds_auth.RateLimiter`), reused as they are.
 
 Must not: reach the network beyond its own socket, read the wall clock for decisions (time
 comes from the injected `clock`), or start tasks of its own.
@@ -57,14 +57,14 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 from aiohttp import web
 
-from connector.emulators import common
-from connector.emulators.bimlink_auth import DEMO_CLIENT, AccessGrant, AuthServer, OAuthClient
-from connector.emulators.bimlink_data import DEMO_USER, DataStore, Forbidden, NotFound, demo_store
-from connector.emulators.buildingminds_auth import RateLimiter, basic_credentials
-from connector.emulators.buildingminds_faults import FaultInjector, FaultSettings
-from connector.emulators.buildingminds_state import REQUEST_LOG_SIZE, LogEntry, iso_utc
-from connector.emulators.common import json_response, retry_after
 from connector.logs import get_logger
+from twin_emulators import common
+from twin_emulators.bimlink_auth import DEMO_CLIENT, AccessGrant, AuthServer, OAuthClient
+from twin_emulators.bimlink_data import DEMO_USER, DataStore, Forbidden, NotFound, demo_store
+from twin_emulators.buildingminds_auth import RateLimiter, basic_credentials
+from twin_emulators.buildingminds_state import REQUEST_LOG_SIZE, LogEntry, iso_utc
+from twin_emulators.common import json_response, retry_after
+from twin_emulators.faults import FaultInjector, FaultSettings
 
 if TYPE_CHECKING:
     import argparse

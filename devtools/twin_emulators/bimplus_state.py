@@ -5,7 +5,7 @@ and each project's topology tree), the OIDC (Keycloak) and legacy (`POST /v2/aut
 credential checks with the tokens they issue (OIDC: JWT access and ID tokens, refresh tokens
 and their grant, revocation, userinfo), and `BimplusState`, which ties them to the rate
 limiter, fault injector and request log reused from the BuildingMinds emulator
-(`buildingminds_auth.RateLimiter`, `buildingminds_faults.FaultInjector`,
+(`buildingminds_auth.RateLimiter`, `faults.FaultInjector`,
 `buildingminds_state.LogEntry`). Reachable as `app[BIMPLUS_KEY]`.
 
 Must not: know about HTTP (problems are returned as `AuthProblem` values the HTTP layer turns
@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from aiohttp import web
 
-from connector.emulators.buildingminds_auth import RateLimiter
-from connector.emulators.buildingminds_faults import FaultInjector, FaultSettings
-from connector.emulators.buildingminds_state import REQUEST_LOG_SIZE, LogEntry
-from connector.emulators.jwt import JwtSigner
 from connector.logs import get_logger
+from twin_emulators.buildingminds_auth import RateLimiter
+from twin_emulators.buildingminds_state import REQUEST_LOG_SIZE, LogEntry
+from twin_emulators.faults import FaultInjector, FaultSettings
+from twin_emulators.jwt import JwtSigner
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlencode
 
-from connector.emulators.jwt import JwtSigner, b64url
+from twin_emulators.jwt import JwtSigner, b64url
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping

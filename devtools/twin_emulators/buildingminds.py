@@ -5,7 +5,7 @@ Owns the HTTP surface of one emulated tenant on one server, behaving as the plat
 where we chose), not as the connector would like, plus the admin API and the command line.
 The rules live beside it: entities (`buildingminds_model`), batches and the entity store
 (`buildingminds_ingest`), credentials, tokens and the rate budget (`buildingminds_auth`),
-faults (`buildingminds_faults`), and the options and state that tie them together
+faults (`faults`), and the options and state that tie them together
 (`buildingminds_state`).
 
 Must not: reach the network beyond its own socket, read the wall clock for decisions (time
@@ -68,15 +68,15 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 from aiohttp import web
 
-from connector.emulators import common
-from connector.emulators.buildingminds_auth import (
+from twin_emulators import common
+from twin_emulators.buildingminds_auth import (
     DEMO_CLIENT,
     Token,
     TokenError,
     basic_credentials,
     load_clients,
 )
-from connector.emulators.buildingminds_model import (
+from twin_emulators.buildingminds_model import (
     COMPLETED,
     DOCUMENTED_STATUSES,
     ENTITIES,
@@ -85,14 +85,14 @@ from connector.emulators.buildingminds_model import (
     NEW,
     PUBLISHED,
 )
-from connector.emulators.buildingminds_state import (
+from twin_emulators.buildingminds_state import (
     DEFAULT_TENANT,
     STATE_KEY,
     EmulatorOptions,
     EmulatorState,
     LogEntry,
 )
-from connector.emulators.common import json_response
+from twin_emulators.common import json_response
 
 if TYPE_CHECKING:
     import argparse
@@ -100,8 +100,8 @@ if TYPE_CHECKING:
 
     from aiohttp.typedefs import Handler
 
-    from connector.emulators.buildingminds_ingest import Batch, InboundRecord
-    from connector.emulators.buildingminds_model import EntitySpec
+    from twin_emulators.buildingminds_ingest import Batch, InboundRecord
+    from twin_emulators.buildingminds_model import EntitySpec
 
 __all__ = [
     "API_PREFIX",

@@ -25,9 +25,9 @@ import anyio
 import orjson
 from aiohttp import web
 
-from connector.emulators.buildingminds_faults import PROFILES, FaultInjector, FaultSettings
-from connector.emulators.buildingminds_state import LogEntry
 from connector.errors import ConfigError
+from twin_emulators.buildingminds_state import LogEntry
+from twin_emulators.faults import PROFILES, FaultInjector, FaultSettings
 
 if TYPE_CHECKING:
     from collections import deque
@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 
     from aiohttp.typedefs import Handler, Middleware
 
-    from connector.emulators.buildingminds_auth import RateLimiter
-    from connector.emulators.buildingminds_faults import Fault
+    from twin_emulators.buildingminds_auth import RateLimiter
+    from twin_emulators.faults import Fault
 
 __all__ = [
     "REQUEST_ID",

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any, Final
 import yaml
 from aiohttp import web
 
-from connector.emulators.buildingminds_auth import RateLimiter
-from connector.emulators.buildingminds_faults import FaultInjector, FaultSettings
-from connector.emulators.buildingminds_state import REQUEST_LOG_SIZE, LogEntry, iso_utc
-from connector.emulators.buildingx_model import PointValues, Structure
-from connector.emulators.jwt import JwtSigner
 from connector.errors import ConfigError
+from twin_emulators.buildingminds_auth import RateLimiter
+from twin_emulators.buildingminds_state import REQUEST_LOG_SIZE, LogEntry, iso_utc
+from twin_emulators.buildingx_model import PointValues, Structure
+from twin_emulators.faults import FaultInjector, FaultSettings
+from twin_emulators.jwt import JwtSigner
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence

@@ -54,10 +54,10 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 from aiohttp import web
 
-from connector.emulators import common
-from connector.emulators.buildingminds_state import LogEntry
-from connector.emulators.buildingx_model import MAX_VALUES, ApiProblem, parse_values
-from connector.emulators.buildingx_state import (
+from twin_emulators import common
+from twin_emulators.buildingminds_state import LogEntry
+from twin_emulators.buildingx_model import MAX_VALUES, ApiProblem, parse_values
+from twin_emulators.buildingx_state import (
     DEMO_USER,
     STATE_KEY,
     BuildingXOptions,
@@ -66,7 +66,7 @@ from connector.emulators.buildingx_state import (
     Token,
     load_users,
 )
-from connector.emulators.common import REQUEST_ID, json_response
+from twin_emulators.common import REQUEST_ID, json_response
 
 if TYPE_CHECKING:
     import argparse
@@ -74,7 +74,7 @@ if TYPE_CHECKING:
 
     from aiohttp.typedefs import Handler
 
-    from connector.emulators.buildingx_model import Location
+    from twin_emulators.buildingx_model import Location
 
 __all__ = [
     "API_ROOT",

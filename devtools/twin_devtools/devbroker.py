@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 KAFKA_VERSION = "3.9.1"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # devtools/twin_devtools/ in the repo
 POM = PROJECT_ROOT / "tools" / "kafka" / "pom.xml"
 READY_LINE = "Kafka Server started"
 
@@ -391,8 +391,8 @@ def find_or_start_broker(data_dir: Path | None = None) -> Broker:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m connector.devbroker resolve|run`: pre-fetch the jars, or run a broker."""
-    parser = argparse.ArgumentParser(prog="python -m connector.devbroker", description=__doc__)
+    """`python -m twin_devtools.devbroker resolve|run`: pre-fetch the jars, or run a broker."""
+    parser = argparse.ArgumentParser(prog="python -m twin_devtools.devbroker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("resolve", help="download the Kafka jars into the cache (needs Maven)")
     run = sub.add_parser("run", help="run a local broker in the foreground until Ctrl-C")
