@@ -33,7 +33,7 @@ import signal
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 import anyio
@@ -73,6 +73,7 @@ from connector.kafkarecords import undecodable_header_keys
 from connector.logs import get_logger
 from connector.metrics import Metrics
 from connector.offsets import OffsetTracker, TopicPartitionKey
+from connector.outcomes import RecordOutcome, SourceRef
 from connector.ratelimit import Backoff, BudgetShare, RollingWindowLimiter
 from connector.signals import SIGNALS
 from connector.sinks.buildingminds import BuildingMindsSink
@@ -88,6 +89,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from connector.config import RateLimitSettings, Settings, SourceSettings
+    from connector.outcomes import OutcomeListener
     from connector.signals import EarlySignals
     from connector.sinks.base import Sink, SubmitResult
 
@@ -116,6 +118,10 @@ _RETRY_REASONS: dict[type[Exception], str] = {
     Unauthorized: "unauthorized",
     TokenEndpointUnavailable: "token_unavailable",
 }
+
+
+def _source_refs(refs: list[Ref]) -> tuple[SourceRef, ...]:
+    return tuple(SourceRef(r.tp.topic, r.tp.partition, r.offset, r.timestamp_ms) for r in refs)
 
 
 def _retry_reason(exc: Exception) -> str:
@@ -243,6 +249,7 @@ class Pipeline:
         self._drained = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._outer: anyio.CancelScope | None = None
+        self.outcomes: OutcomeListener | None = None  # told each record's final outcome
 
     # ---------------------------------------------------------------- intake
     def _notify(self) -> None:
@@ -544,6 +551,8 @@ class Pipeline:
             latencies.append((now_ms - slot.refs[-1].timestamp_ms) / 1000)
             if finish_now:
                 self._finish_refs(slot.refs)
+            if not tracking and self.outcomes is not None:
+                self._tell(slot, "onboarded", batch_id=result.batch_id, status="accepted")
         if tracking:
             # the IDs stay in flight until the batch is terminal: a newer version waits
             assert self.tracker is not None  # noqa: S101 - tracking implies a tracker
@@ -618,9 +627,13 @@ class Pipeline:
                 continue
             if index in outcome.waiting:
                 self.metrics.terminal("waiting_for_parent")
+                status = "waiting_for_parent"
             else:
                 succeeded += 1
                 self.metrics.onboarded((now_ms - slot.refs[-1].timestamp_ms) / 1000)
+                status = batch.entity.success_status
+            if self.outcomes is not None:
+                self._tell(slot, "onboarded", batch_id=batch_id, status=status)
             if completed_mode:
                 self._finish_refs(slot.refs)
         self.metrics.terminal(batch.entity.success_status, succeeded)
@@ -654,6 +667,15 @@ class Pipeline:
             self.metrics.set_in_flight(self._in_flight)
             self._notify()
 
+    def _tell(self, slot: Slot, outcome: Literal["onboarded"], **fields: str | None) -> None:
+        assert self.outcomes is not None  # noqa: S101 - callers check, to skip the work
+        self.outcomes.record_finished(
+            RecordOutcome(
+                outcome, _source_refs(slot.refs), entity=slot.change.entity.name,
+                external_id=slot.change.external_id, **fields,
+            )
+        )  # fmt: skip
+
     def _finish_refs(self, refs: list[Ref]) -> None:
         for ref in refs:
             self.offsets.finish(ref.tp, ref.offset)
@@ -676,10 +698,13 @@ class Pipeline:
             message=message, topic=ref.tp.topic, partition=ref.tp.partition, offset=ref.offset,
             http_status=status, batch_id=batch_id, request_id=request_id,
         )  # fmt: skip
-        await self._dead_letter(letter, reason, slot.refs if finish else [])
+        await self._dead_letter(letter, reason, slot.refs if finish else [], slot)
 
-    async def _dead_letter(self, letter: DeadLetter, reason: Reason, refs: list[Ref]) -> None:
-        """Write until acknowledged (retrying with backoff), then finish the records."""
+    async def _dead_letter(
+        self, letter: DeadLetter, reason: Reason, refs: list[Ref], slot: Slot | None = None
+    ) -> None:
+        """Write until acknowledged (retrying with backoff), then finish the records (`refs`;
+        a slot's records stand for one ID, whose outcome listeners are told)."""
         self._dead_letters_open += 1
         try:
             attempt = 0
@@ -694,6 +719,16 @@ class Pipeline:
                     await anyio.sleep(delay)
             self.stats.dead_lettered += 1
             self.dead_letter_log.written(letter, reason)
+            if self.outcomes is not None:
+                told = slot.refs if slot is not None else refs
+                self.outcomes.record_finished(
+                    RecordOutcome(
+                        "dead_lettered", _source_refs(told),
+                        entity=slot.change.entity.name if slot else None,
+                        external_id=slot.change.external_id if slot else None,
+                        batch_id=letter.batch_id, reason=str(reason), message=letter.message,
+                    )
+                )  # fmt: skip
             self._finish_refs(refs)
         finally:
             self._dead_letters_open -= 1

@@ -103,6 +103,14 @@ class DeadLetter:
             self._omit_value()
         self._assemble()
 
+    @property
+    def message(self) -> str:
+        return self._extra.get("error.message", "")
+
+    @property
+    def batch_id(self) -> str | None:
+        return self._extra.get("error.batch_id")
+
     def _omit_value(self) -> None:
         if self.value is not None:
             self._extra["error.value_omitted"] = f"{len(self.value)} bytes"
