@@ -1,4 +1,4 @@
-"""Fixtures shared by every test: the anyio backend and the Kafka test bed.
+"""Fixtures shared by every test: the anyio backend, a fake clock and the Kafka test bed.
 
 The broker comes from `twin_devtools.devbroker` (KAFKA_BOOTSTRAP, else a local broker from Maven
 Central jars, else Docker). It starts once per session, lazily: unit tests never start it.
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from tests.support.clock import FakeClock
 
 pytest_plugins = ["tests.kafka_fixtures"]
 
@@ -21,3 +23,9 @@ settings.load_profile("connector")
 def anyio_backend() -> str:
     """aiokafka runs on asyncio only, so every async test does too."""
     return "asyncio"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """Monotonic time that moves only when the test says so (`clock.advance(...)`)."""
+    return FakeClock()

@@ -1,4 +1,5 @@
-"""Fixtures of the BIMlink tests: a fake clock and the emulator driven by it."""
+"""Fixtures of the BIMlink tests: the emulator driven by the test's fake clock (the `clock`
+fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.bimlink.helpers import Bimlink, running_bimlink
-from tests.emulator.conftest import FakeClock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+    from tests.support.clock import FakeClock
 
 
 @pytest.fixture

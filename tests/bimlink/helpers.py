@@ -26,6 +26,7 @@ from aiohttp.test_utils import TestServer
 from connector.config import BimlinkSourceSettings
 from connector.sources.bimlink_auth import LoginFailed, login
 from tests.kafka_fixtures import wait_until
+from tests.support.served import Reply
 from twin_emulators.bimlink import STATE_KEY, BimlinkOptions, BimlinkState, create_app
 from twin_emulators.bimlink_auth import DEMO_CLIENT, OAuthClient
 
@@ -51,13 +52,6 @@ def options_for(port: int, **overrides: Any) -> BimlinkOptions:
         refresh_tokens=overrides.pop("refresh_tokens", True),
     )
     return BimlinkOptions(clients=(client,), **overrides)
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: Any
 
 
 @dataclass

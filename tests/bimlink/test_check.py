@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from tests.emulator.conftest import FakeClock
     from tests.integration.helpers import Emulator
+    from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.anyio
 

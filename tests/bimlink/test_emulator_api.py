@@ -13,7 +13,7 @@ from tests.bimlink.helpers import Bimlink, free_port, options_for, running_bimli
 from twin_emulators.bimlink_data import demo_id
 
 if TYPE_CHECKING:
-    from tests.emulator.conftest import FakeClock
+    from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.anyio
 

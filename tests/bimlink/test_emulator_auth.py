@@ -13,7 +13,7 @@ import pytest
 from tests.bimlink.helpers import Bimlink, redirect_params, running_bimlink
 
 if TYPE_CHECKING:
-    from tests.emulator.conftest import FakeClock
+    from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.anyio
 

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from tests.emulator.conftest import FakeClock
+    from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.anyio
 

@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from tests.bimplus.conftest import Bimplus
     from tests.integration.helpers import Emulator
+    from tests.support.emulators import Bimplus
 
 pytestmark = pytest.mark.anyio
 

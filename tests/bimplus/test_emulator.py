@@ -10,12 +10,12 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.bimplus.conftest import LEGACY_BODY, TOKEN_PATH
+from tests.support.emulators import BIMPLUS_TOKEN_PATH, LEGACY_BODY
 from twin_emulators.bimplus import BimplusOptions
 from twin_emulators.bimplus_state import DEMO_TEAM, DEMO_USER
 
 if TYPE_CHECKING:
-    from tests.bimplus.conftest import Bimplus, StartBimplus
+    from tests.support.emulators import Bimplus, StartBimplus
 
 pytestmark = pytest.mark.anyio
 
@@ -25,7 +25,7 @@ async def test_discovery_points_at_the_realm_of_the_same_server(bimplus: Bimplus
     assert reply.status == 200
     doc = reply.body
     assert doc["issuer"] == f"{bimplus.url}/realms/bimplus"
-    assert doc["token_endpoint"] == f"{bimplus.url}{TOKEN_PATH}"
+    assert doc["token_endpoint"] == f"{bimplus.url}{BIMPLUS_TOKEN_PATH}"
     assert doc["jwks_uri"].startswith(doc["issuer"])
     assert doc["authorization_endpoint"].endswith("/protocol/openid-connect/auth")
     realm = await bimplus.request("GET", "/realms/bimplus/.well-known/openid-configuration")
@@ -34,7 +34,7 @@ async def test_discovery_points_at_the_realm_of_the_same_server(bimplus: Bimplus
 
 async def test_client_credentials_give_a_jwt_shaped_bearer_token(bimplus: Bimplus) -> None:
     reply = await bimplus.request(
-        "POST", TOKEN_PATH,
+        "POST", BIMPLUS_TOKEN_PATH,
         data={"grant_type": "client_credentials", "client_id": "demo-client",
               "client_secret": "demo-secret"},
     )  # fmt: skip
@@ -66,7 +66,7 @@ async def test_token_errors_are_keycloaks(
     base = {"grant_type": "client_credentials", "client_id": "demo-client",
             "client_secret": "demo-secret"}  # fmt: skip
     sent = {k: v for k, v in {**base, **form}.items() if v is not None}
-    reply = await bimplus.request("POST", TOKEN_PATH, data=sent)
+    reply = await bimplus.request("POST", BIMPLUS_TOKEN_PATH, data=sent)
     assert reply.status == status
     assert reply.body["error"] == error
     assert reply.body["error_description"]
@@ -188,7 +188,7 @@ async def test_fault_profiles(bimplus: Bimplus) -> None:
     storm = await bimplus.api("/teams", token)
     assert (storm.status, storm.headers["Retry-After"]) == (429, "7")
     await bimplus.admin("POST", "/faults", profile="token-outage")
-    for path in (TOKEN_PATH, "/v2/.well-known/openid-configuration", "/v2/authorize"):
+    for path in (BIMPLUS_TOKEN_PATH, "/v2/.well-known/openid-configuration", "/v2/authorize"):
         outage = await bimplus.request("POST" if "well-known" not in path else "GET", path)
         assert (outage.status, outage.body["error"]) == (503, "temporarily_unavailable")
     assert (await bimplus.api("/teams", token)).status == 200  # the API itself still works
@@ -245,7 +245,7 @@ async def test_request_log_names_the_caller(bimplus: Bimplus) -> None:
     await bimplus.api("/teams", await bimplus.token())
     log = await bimplus.requests()
     assert [(r["method"], r["path"], r["status"]) for r in log] == [
-        ("POST", TOKEN_PATH, 200), ("GET", "/v2/teams", 200),
+        ("POST", BIMPLUS_TOKEN_PATH, 200), ("GET", "/v2/teams", 200),
     ]  # fmt: skip
     assert log[1]["client_id"] == "service-account-demo-client"
     await bimplus.admin("POST", "/reset")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from tests.bimplus.conftest import CLIENT_FORM, LEGACY_BODY, TOKEN_PATH
+from tests.support.emulators import BIMPLUS_TOKEN_PATH, CLIENT_FORM, LEGACY_BODY
 from twin_emulators import bimplus as bimplus_module
 from twin_emulators.bimplus import BimplusOptions, options_from_args
 from twin_emulators.bimplus_state import DEMO_PASSWORD, DEMO_USER, PUBLIC_CLIENT_ID
@@ -20,8 +20,8 @@ from twin_emulators.common import add_emulator_arguments
 from twin_emulators.jwt import unb64url
 
 if TYPE_CHECKING:
-    from tests.bimplus.conftest import Bimplus, StartBimplus
-    from tests.emulator.conftest import Reply
+    from tests.support.emulators import Bimplus, StartBimplus
+    from tests.support.served import Reply
 
 pytestmark = pytest.mark.anyio
 
@@ -34,7 +34,7 @@ PASSWORD_FORM = {"grant_type": "password", "client_id": PUBLIC_CLIENT_ID,
 
 
 async def _grant(bimplus: Bimplus, **form: str) -> Reply:
-    return await bimplus.request("POST", TOKEN_PATH, data=form)
+    return await bimplus.request("POST", BIMPLUS_TOKEN_PATH, data=form)
 
 
 async def _refresh(bimplus: Bimplus, handle: str, **form: str) -> Reply:

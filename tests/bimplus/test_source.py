@@ -32,7 +32,7 @@ from twin_emulators.buildingminds_model import validate_record
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tests.bimplus.conftest import Bimplus
+    from tests.support.emulators import Bimplus
 
 pytestmark = pytest.mark.anyio
 

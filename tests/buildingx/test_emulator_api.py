@@ -6,12 +6,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.buildingx.conftest import LOCATIONS, location, point_values, values_path
+from tests.support.emulators import LOCATIONS, location, point_values, values_path
 from twin_emulators.buildingx import MEDIA_TYPE, BuildingXOptions
 from twin_emulators.buildingx_state import MachineUser
 
 if TYPE_CHECKING:
-    from tests.buildingx.conftest import BuildingX, StartBuildingX
+    from tests.support.emulators import BuildingX, StartBuildingX
 
 pytestmark = pytest.mark.anyio
 

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.buildingx.conftest import LOCATIONS, point_values, values_path
+from tests.support.emulators import LOCATIONS, point_values, values_path
 from twin_emulators.buildingx import BuildingXOptions
 
 if TYPE_CHECKING:
-    from tests.buildingx.conftest import BuildingX, StartBuildingX
+    from tests.support.emulators import BuildingX, StartBuildingX
 
 pytestmark = pytest.mark.anyio
 

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from tests.buildingx.conftest import LOCATIONS
+from tests.support.emulators import LOCATIONS
 from twin_emulators.buildingx import BuildingXOptions
 from twin_emulators.jwt import JwtSigner, b64url, unb64url
 
 if TYPE_CHECKING:
-    from tests.buildingx.conftest import BuildingX, StartBuildingX
+    from tests.support.emulators import BuildingX, StartBuildingX
 
 pytestmark = pytest.mark.anyio
 

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from connector.sinks.base import SubmitResult
-    from tests.buildingx.conftest import BuildingX, StartBuildingX
-    from tests.emulator.conftest import FakeClock
+    from tests.support.clock import FakeClock
+    from tests.support.emulators import BuildingX, StartBuildingX
 
 pytestmark = pytest.mark.anyio
 

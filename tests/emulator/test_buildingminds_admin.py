@@ -11,12 +11,12 @@ from tests.emulator.test_buildingminds_api import record
 from twin_emulators.buildingminds import EmulatorOptions
 
 if TYPE_CHECKING:
-    from tests.emulator.conftest import Emulator, StartEmulator
+    from tests.support.emulators import BuildingMinds, StartBuildingMinds
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_health_reports_the_profile_and_the_backlog(emulator: Emulator) -> None:
+async def test_health_reports_the_profile_and_the_backlog(emulator: BuildingMinds) -> None:
     token = await emulator.token()
     await emulator.post("floor", [record("floor", "F-1", buildingId="B-1")], token)
 
@@ -28,7 +28,7 @@ async def test_health_reports_the_profile_and_the_backlog(emulator: Emulator) ->
     assert (reply.body["batches"], reply.body["pending_records"]) == (1, 1)
 
 
-async def test_entities_lists_every_kind_or_one(emulator: Emulator) -> None:
+async def test_entities_lists_every_kind_or_one(emulator: BuildingMinds) -> None:
     token = await emulator.token()
     await emulator.post("building", [record("building", "B-1")], token)
     await emulator.post("address", [record("address", "A-1")], token)
@@ -45,7 +45,7 @@ async def test_entities_lists_every_kind_or_one(emulator: Emulator) -> None:
     assert "castle" in unknown.body["error"]
 
 
-async def test_the_state_is_reachable_in_process(emulator: Emulator) -> None:
+async def test_the_state_is_reachable_in_process(emulator: BuildingMinds) -> None:
     token = await emulator.token()
     await emulator.post("building", [record("building", "B-1")], token)
     emulator.clock.advance(2)
@@ -53,7 +53,7 @@ async def test_the_state_is_reachable_in_process(emulator: Emulator) -> None:
     assert emulator.state.entities("building") == {"building": [record("building", "B-1")]}
 
 
-async def test_the_request_log_lists_api_and_token_requests(emulator: Emulator) -> None:
+async def test_the_request_log_lists_api_and_token_requests(emulator: BuildingMinds) -> None:
     token = await emulator.token()
     await emulator.post("building", [record("building", "B-1"), record("building", "B-2")], token)
     await emulator.api("GET", "/batch", token=None)
@@ -75,7 +75,7 @@ async def test_the_request_log_lists_api_and_token_requests(emulator: Emulator) 
 
 
 async def test_reset_forgets_data_log_and_budget_but_keeps_tokens(
-    start_emulator: StartEmulator,
+    start_emulator: StartBuildingMinds,
 ) -> None:
     emulator = await start_emulator(EmulatorOptions(rate_limit_requests=2))
     token = await emulator.token()

@@ -12,7 +12,7 @@ from twin_emulators.buildingminds_auth import DEMO_CLIENT, ClientCredential
 from twin_emulators.buildingminds_model import ENTITIES
 
 if TYPE_CHECKING:
-    from tests.emulator.conftest import Emulator, StartEmulator
+    from tests.support.emulators import BuildingMinds, StartBuildingMinds
 
 pytestmark = pytest.mark.anyio
 
@@ -78,7 +78,9 @@ def test_the_emulator_serves_exactly_the_documented_entities() -> None:
 
 
 @pytest.mark.parametrize("entity", sorted(IDS))
-async def test_every_entity_endpoint_accepts_a_valid_array(emulator: Emulator, entity: str) -> None:
+async def test_every_entity_endpoint_accepts_a_valid_array(
+    emulator: BuildingMinds, entity: str
+) -> None:
     token = await emulator.token()
 
     reply = await emulator.post(entity, [record(entity, "E-1"), record(entity, "E-2")], token)
@@ -117,7 +119,7 @@ async def test_every_entity_endpoint_accepts_a_valid_array(emulator: Emulator, e
     ],
 )
 async def test_invalid_records_are_named_in_failed_messages(
-    emulator: Emulator, entity: str, bad: dict[str, Any], message: str
+    emulator: BuildingMinds, entity: str, bad: dict[str, Any], message: str
 ) -> None:
     token = await emulator.token()
     invalid = record(entity, "BAD-1", **bad)
@@ -134,7 +136,7 @@ async def test_invalid_records_are_named_in_failed_messages(
     assert message in failed["error"]
 
 
-async def test_a_deleted_record_needs_only_its_id_and_event_type(emulator: Emulator) -> None:
+async def test_a_deleted_record_needs_only_its_id_and_event_type(emulator: BuildingMinds) -> None:
     token = await emulator.token()
 
     reply = await emulator.post("floor", [{"floorId": "F-1", "eventType": "FloorDeleted"}], token)
@@ -142,7 +144,7 @@ async def test_a_deleted_record_needs_only_its_id_and_event_type(emulator: Emula
     assert reply.status == 200
 
 
-async def test_partial_acceptance_stores_the_valid_records(emulator: Emulator) -> None:
+async def test_partial_acceptance_stores_the_valid_records(emulator: BuildingMinds) -> None:
     token = await emulator.token()
     good = [record("building", "B-1"), record("building", "B-3")]
     bad = [{"eventType": "BuildingAdded"}, "not an object"]
@@ -163,7 +165,9 @@ async def test_partial_acceptance_stores_the_valid_records(emulator: Emulator) -
 @pytest.mark.parametrize(
     "body", [b"{not json", b'{"buildingId": "B-1"}', b"[]", b"", b'"text"'], ids=repr
 )
-async def test_a_body_that_is_not_a_json_array_is_a_400(emulator: Emulator, body: bytes) -> None:
+async def test_a_body_that_is_not_a_json_array_is_a_400(
+    emulator: BuildingMinds, body: bytes
+) -> None:
     token = await emulator.token()
 
     reply = await emulator.api("POST", "/building", token=token, data=body)
@@ -172,7 +176,7 @@ async def test_a_body_that_is_not_a_json_array_is_a_400(emulator: Emulator, body
     assert reply.body == {"error": "Request validation failed"}
 
 
-async def test_unknown_paths_are_404(emulator: Emulator) -> None:
+async def test_unknown_paths_are_404(emulator: BuildingMinds) -> None:
     token = await emulator.token()
 
     for path in ("/buildings", "/batch/x/outbound", ""):
@@ -183,7 +187,7 @@ async def test_unknown_paths_are_404(emulator: Emulator) -> None:
     assert outside.body["code"] == 404
 
 
-async def test_an_unknown_batch_is_404(emulator: Emulator) -> None:
+async def test_an_unknown_batch_is_404(emulator: BuildingMinds) -> None:
     token = await emulator.token()
 
     reply = await emulator.api("GET", f"/batch/{uuid.uuid4()}/inbound", token=token)
@@ -196,7 +200,7 @@ async def test_an_unknown_batch_is_404(emulator: Emulator) -> None:
     [("GET", "/building", "POST"), ("PUT", "/site", "POST"), ("POST", "/batch", "GET")],
 )
 async def test_a_wrong_method_is_405(
-    emulator: Emulator, method: str, path: str, allowed: str
+    emulator: BuildingMinds, method: str, path: str, allowed: str
 ) -> None:
     token = await emulator.token()
 
@@ -208,7 +212,7 @@ async def test_a_wrong_method_is_405(
 
 
 async def test_a_credential_without_access_to_an_endpoint_gets_403(
-    start_emulator: StartEmulator,
+    start_emulator: StartBuildingMinds,
 ) -> None:
     reader = ClientCredential(
         "reader", "reader-secret", "api://buildingminds-emulator", frozenset({"batch"})
@@ -226,7 +230,7 @@ async def test_a_credential_without_access_to_an_endpoint_gets_403(
     assert (await emulator.post("building", [record("building")], demo)).status == 200
 
 
-async def test_a_body_above_the_limit_is_413(start_emulator: StartEmulator) -> None:
+async def test_a_body_above_the_limit_is_413(start_emulator: StartBuildingMinds) -> None:
     emulator = await start_emulator(EmulatorOptions(max_body_bytes=4096))
     token = await emulator.token()
     small = [record("building", f"B-{i}") for i in range(10)]
@@ -241,7 +245,7 @@ async def test_a_body_above_the_limit_is_413(start_emulator: StartEmulator) -> N
 
 
 async def test_the_101st_request_in_a_minute_gets_429_until_the_window_slides(
-    emulator: Emulator,
+    emulator: BuildingMinds,
 ) -> None:
     token = await emulator.token()
     for _ in range(99):
@@ -267,7 +271,7 @@ async def test_the_101st_request_in_a_minute_gets_429_until_the_window_slides(
     assert (await emulator.api("GET", "/batch", token=token)).status == 429
 
 
-async def test_the_budget_is_per_credential(start_emulator: StartEmulator) -> None:
+async def test_the_budget_is_per_credential(start_emulator: StartBuildingMinds) -> None:
     other = ClientCredential("other", "other-secret", "api://buildingminds-emulator")
     emulator = await start_emulator(
         EmulatorOptions(rate_limit_requests=3, rate_limit_seconds=10, clients=[DEMO_CLIENT, other])
@@ -284,7 +288,7 @@ async def test_the_budget_is_per_credential(start_emulator: StartEmulator) -> No
 
 @pytest.mark.parametrize("entity", sorted(IDS))
 async def test_updates_and_deletes_are_accepted_except_deleting_an_address(
-    emulator: Emulator, entity: str
+    emulator: BuildingMinds, entity: str
 ) -> None:
     token = await emulator.token()
     id_field, prefix = IDS[entity]

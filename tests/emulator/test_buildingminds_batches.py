@@ -11,23 +11,23 @@ from tests.emulator.test_buildingminds_api import record
 from twin_emulators.buildingminds import EmulatorOptions
 
 if TYPE_CHECKING:
-    from tests.emulator.conftest import Emulator, StartEmulator
+    from tests.support.emulators import BuildingMinds, StartBuildingMinds
 
 pytestmark = pytest.mark.anyio
 
 
-async def submit(emulator: Emulator, token: str, entity: str, *records: dict[str, Any]) -> str:
+async def submit(emulator: BuildingMinds, token: str, entity: str, *records: dict[str, Any]) -> str:
     reply = await emulator.post(entity, list(records), token)
     assert reply.status == 200, reply.body
     batch_id: str = reply.body["batchId"]
     return batch_id
 
 
-async def statuses(emulator: Emulator, token: str, batch_id: str) -> dict[str, str]:
+async def statuses(emulator: BuildingMinds, token: str, batch_id: str) -> dict[str, str]:
     return {r["externalId"]: r["status"] for r in await emulator.inbound(batch_id, token)}
 
 
-async def test_records_move_new_in_progress_completed_on_the_clock(emulator: Emulator) -> None:
+async def test_records_move_new_in_progress_completed_on_the_clock(emulator: BuildingMinds) -> None:
     token = await emulator.token()
     batch_id = await submit(emulator, token, "building", record("building", "B-1"))
 
@@ -53,7 +53,7 @@ async def test_records_move_new_in_progress_completed_on_the_clock(emulator: Emu
     assert set(await emulator.entities("building")) == {"B-1"}
 
 
-async def test_measurements_end_published(emulator: Emulator) -> None:
+async def test_measurements_end_published(emulator: BuildingMinds) -> None:
     token = await emulator.token()
     await submit(emulator, token, "building", record("building", "B-1"))
     emulator.clock.advance(2)
@@ -66,7 +66,7 @@ async def test_measurements_end_published(emulator: Emulator) -> None:
     assert await statuses(emulator, token, batch_id) == {"OM-1": "Published"}
 
 
-async def test_the_batch_list_counts_records_per_status(emulator: Emulator) -> None:
+async def test_the_batch_list_counts_records_per_status(emulator: BuildingMinds) -> None:
     token = await emulator.token()
     batch_id = await submit(
         emulator,
@@ -100,7 +100,9 @@ async def test_the_batch_list_counts_records_per_status(emulator: Emulator) -> N
     }
 
 
-async def test_a_child_before_its_parent_is_held_new_then_completes(emulator: Emulator) -> None:
+async def test_a_child_before_its_parent_is_held_new_then_completes(
+    emulator: BuildingMinds,
+) -> None:
     token = await emulator.token()
     floor_batch = await submit(emulator, token, "floor", record("floor", "F-1", buildingId="B-9"))
 
@@ -122,7 +124,7 @@ async def test_a_child_before_its_parent_is_held_new_then_completes(emulator: Em
     assert set(await emulator.entities("floor")) == {"F-1"}
 
 
-async def test_a_chain_of_parents_resolves_in_order(emulator: Emulator) -> None:
+async def test_a_chain_of_parents_resolves_in_order(emulator: BuildingMinds) -> None:
     token = await emulator.token()
     space = await submit(emulator, token, "space", record("space", "SP-1", floorId="F-1"))
     floor = await submit(emulator, token, "floor", record("floor", "F-1", buildingId="B-1"))
@@ -144,7 +146,7 @@ async def test_a_chain_of_parents_resolves_in_order(emulator: Emulator) -> None:
         assert await statuses(emulator, token, batch_id) == {key: "Completed"}
 
 
-async def test_the_failure_marker_ends_in_failed_validation(emulator: Emulator) -> None:
+async def test_the_failure_marker_ends_in_failed_validation(emulator: BuildingMinds) -> None:
     token = await emulator.token()
     batch_id = await submit(
         emulator,
@@ -164,7 +166,7 @@ async def test_the_failure_marker_ends_in_failed_validation(emulator: Emulator) 
     assert set(await emulator.entities("building")) == {"B-1"}
 
 
-async def test_the_failure_marker_is_found_behind_json_escapes(emulator: Emulator) -> None:
+async def test_the_failure_marker_is_found_behind_json_escapes(emulator: BuildingMinds) -> None:
     token = await emulator.token()
     body = b'[{"buildingId": "B-1", "eventType": "BuildingAdded", "name": "__fail\\u005fasync__"}]'
     reply = await emulator.api("POST", "/building", token=token, data=body)
@@ -175,7 +177,7 @@ async def test_the_failure_marker_is_found_behind_json_escapes(emulator: Emulato
     assert await statuses(emulator, token, reply.body["batchId"]) == {"B-1": "FailedValidation"}
 
 
-async def test_the_latest_version_wins_and_a_delete_removes(emulator: Emulator) -> None:
+async def test_the_latest_version_wins_and_a_delete_removes(emulator: BuildingMinds) -> None:
     token = await emulator.token()
     await submit(emulator, token, "building", record("building", "B-1", name="first"))
     emulator.clock.advance(2)
@@ -197,7 +199,7 @@ async def test_the_latest_version_wins_and_a_delete_removes(emulator: Emulator) 
 
 
 async def test_an_older_version_finishing_late_does_not_overwrite_a_newer_one(
-    emulator: Emulator,
+    emulator: BuildingMinds,
 ) -> None:
     token = await emulator.token()
     await submit(emulator, token, "building", record("building", "B-1"))
@@ -214,7 +216,7 @@ async def test_an_older_version_finishing_late_does_not_overwrite_a_newer_one(
     assert (await emulator.entities("floor"))["F-1"]["name"] == "v2"
 
 
-async def test_inbound_filters_and_pages(emulator: Emulator) -> None:
+async def test_inbound_filters_and_pages(emulator: BuildingMinds) -> None:
     token = await emulator.token()
     records = [record("building", f"B-{i}") for i in range(5)]
     records[3]["name"] = "__fail_async__"
@@ -236,7 +238,9 @@ async def test_inbound_filters_and_pages(emulator: Emulator) -> None:
     assert bad_flag.status == 400
 
 
-async def test_the_batch_list_filters_by_date_and_pages_newest_first(emulator: Emulator) -> None:
+async def test_the_batch_list_filters_by_date_and_pages_newest_first(
+    emulator: BuildingMinds,
+) -> None:
     token = await emulator.token()
     first = await submit(emulator, token, "building", record("building", "B-1"))
     emulator.clock.advance(3 * 86400)
@@ -263,7 +267,7 @@ async def test_the_batch_list_filters_by_date_and_pages_newest_first(emulator: E
     assert "createdFrom" in bad_date.body["details"]
 
 
-async def test_processing_can_be_instant(start_emulator: StartEmulator) -> None:
+async def test_processing_can_be_instant(start_emulator: StartBuildingMinds) -> None:
     emulator = await start_emulator(EmulatorOptions(processing_delay_seconds=0))
     token = await emulator.token()
 
@@ -284,7 +288,7 @@ async def test_processing_can_be_instant(start_emulator: StartEmulator) -> None:
     ],
 )
 async def test_each_parent_link_holds_the_child_until_the_parent_exists(
-    emulator: Emulator, entity: str, link: dict[str, Any], parent: str
+    emulator: BuildingMinds, entity: str, link: dict[str, Any], parent: str
 ) -> None:
     token = await emulator.token()
     # The parents' own minimal records link to B-1 and A-1; let those exist first.

@@ -15,7 +15,7 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from connector.errors import ConfigError
-from tests.emulator.conftest import DEMO_FORM
+from tests.support.emulators import DEMO_FORM
 from twin_emulators import buildingminds
 from twin_emulators.buildingminds import (
     EmulatorOptions,

@@ -13,7 +13,7 @@ from twin_emulators.buildingminds import EmulatorOptions
 from twin_emulators.faults import PROFILES
 
 if TYPE_CHECKING:
-    from tests.emulator.conftest import Emulator, StartEmulator
+    from tests.support.emulators import BuildingMinds, StartBuildingMinds
 
 pytestmark = pytest.mark.anyio
 
@@ -21,13 +21,13 @@ pytestmark = pytest.mark.anyio
 ROOMY = EmulatorOptions(rate_limit_requests=100_000)
 
 
-async def batch_statuses(emulator: Emulator, token: str, count: int) -> list[int]:
+async def batch_statuses(emulator: BuildingMinds, token: str, count: int) -> list[int]:
     return [(await emulator.api("GET", "/batch", token=token)).status for _ in range(count)]
 
 
 @pytest.mark.parametrize(("rate", "count"), [(0.2, 500), (0.5, 400)])
 async def test_errors_hit_the_configured_share_with_5xx(
-    start_emulator: StartEmulator, rate: float, count: int
+    start_emulator: StartBuildingMinds, rate: float, count: int
 ) -> None:
     emulator = await start_emulator(ROOMY)
     token = await emulator.token()
@@ -42,7 +42,7 @@ async def test_errors_hit_the_configured_share_with_5xx(
     assert abs(len(failed) / count - rate) < tolerance
 
 
-async def test_the_errors_profile_defaults_to_a_fifth(start_emulator: StartEmulator) -> None:
+async def test_the_errors_profile_defaults_to_a_fifth(start_emulator: StartBuildingMinds) -> None:
     emulator = await start_emulator(
         EmulatorOptions(rate_limit_requests=100_000, fault_profile="errors", seed=3)
     )
@@ -53,7 +53,7 @@ async def test_the_errors_profile_defaults_to_a_fifth(start_emulator: StartEmula
     assert abs(sum(s != 200 for s in statuses) / 500 - 0.2) < 0.08
 
 
-async def test_an_injected_503_has_the_error_body_and_retry_after(emulator: Emulator) -> None:
+async def test_an_injected_503_has_the_error_body_and_retry_after(emulator: BuildingMinds) -> None:
     token = await emulator.token()
     await emulator.set_faults(profile="errors", rate=1.0, error_statuses=[503])
 
@@ -66,7 +66,7 @@ async def test_an_injected_503_has_the_error_body_and_retry_after(emulator: Emul
     assert await emulator.entities("building") == {}  # not processed
 
 
-async def test_faults_are_reproducible_from_the_seed(start_emulator: StartEmulator) -> None:
+async def test_faults_are_reproducible_from_the_seed(start_emulator: StartBuildingMinds) -> None:
     emulator = await start_emulator(ROOMY)
     token = await emulator.token()
     runs = []
@@ -78,7 +78,9 @@ async def test_faults_are_reproducible_from_the_seed(start_emulator: StartEmulat
     assert runs[0] != runs[2]
 
 
-async def test_injected_faults_do_not_use_the_rate_budget(start_emulator: StartEmulator) -> None:
+async def test_injected_faults_do_not_use_the_rate_budget(
+    start_emulator: StartBuildingMinds,
+) -> None:
     emulator = await start_emulator(EmulatorOptions(rate_limit_requests=3))
     token = await emulator.token()
     await emulator.set_faults(profile="errors", rate=1.0)
@@ -89,7 +91,7 @@ async def test_injected_faults_do_not_use_the_rate_budget(start_emulator: StartE
     assert await batch_statuses(emulator, token, 4) == [200, 200, 200, 429]
 
 
-async def test_resets_drop_the_connection(start_emulator: StartEmulator) -> None:
+async def test_resets_drop_the_connection(start_emulator: StartBuildingMinds) -> None:
     emulator = await start_emulator(ROOMY)
     token = await emulator.token()
     await emulator.set_faults(profile="resets", rate=0.5, seed=5)
@@ -112,7 +114,7 @@ async def test_resets_drop_the_connection(start_emulator: StartEmulator) -> None
     assert len(await emulator.entities("building")) == outcomes.count("200")
 
 
-async def test_timeouts_hang_beyond_the_client_timeout(emulator: Emulator) -> None:
+async def test_timeouts_hang_beyond_the_client_timeout(emulator: BuildingMinds) -> None:
     token = await emulator.token()
     await emulator.set_faults(profile="timeouts", rate=1.0, hang_seconds=30)
 
@@ -120,7 +122,7 @@ async def test_timeouts_hang_beyond_the_client_timeout(emulator: Emulator) -> No
         await emulator.api("GET", "/batch", token=token, timeout=0.5)
 
 
-async def test_a_hung_request_ends_in_504_unprocessed(emulator: Emulator) -> None:
+async def test_a_hung_request_ends_in_504_unprocessed(emulator: BuildingMinds) -> None:
     token = await emulator.token()
     await emulator.set_faults(profile="timeouts", rate=1.0, hang_seconds=0.3)
 
@@ -133,7 +135,7 @@ async def test_a_hung_request_ends_in_504_unprocessed(emulator: Emulator) -> Non
     assert await emulator.entities("building") == {}
 
 
-async def test_latency_delays_each_request_within_its_range(emulator: Emulator) -> None:
+async def test_latency_delays_each_request_within_its_range(emulator: BuildingMinds) -> None:
     token = await emulator.token()
     await emulator.set_faults(profile="latency", min_latency_seconds=0.1, max_latency_seconds=0.15)
 
@@ -144,7 +146,7 @@ async def test_latency_delays_each_request_within_its_range(emulator: Emulator) 
         assert time.monotonic() - started >= 0.1
 
 
-async def test_a_429_storm_ends_after_its_duration(start_emulator: StartEmulator) -> None:
+async def test_a_429_storm_ends_after_its_duration(start_emulator: StartBuildingMinds) -> None:
     emulator = await start_emulator(EmulatorOptions(rate_limit_requests=2))
     token = await emulator.token()
     await emulator.set_faults(profile="429-storm", duration_seconds=30)
@@ -163,7 +165,7 @@ async def test_a_429_storm_ends_after_its_duration(start_emulator: StartEmulator
     assert health.body["fault_profile"] == "none"
 
 
-async def test_a_partial_429_storm_uses_the_configured_retry_after(emulator: Emulator) -> None:
+async def test_a_partial_429_storm_uses_the_configured_retry_after(emulator: BuildingMinds) -> None:
     token = await emulator.token()
     await emulator.set_faults(profile="429-storm", rate=0.5, retry_after_seconds=5, seed=1)
 
@@ -174,7 +176,7 @@ async def test_a_partial_429_storm_uses_the_configured_retry_after(emulator: Emu
     assert {r.headers["Retry-After"] for r in limited} == {"5"}
 
 
-async def test_a_token_outage_answers_503_and_spares_the_api(emulator: Emulator) -> None:
+async def test_a_token_outage_answers_503_and_spares_the_api(emulator: BuildingMinds) -> None:
     token = await emulator.token()
     await emulator.set_faults(profile="token-outage")
 
@@ -189,7 +191,7 @@ async def test_a_token_outage_answers_503_and_spares_the_api(emulator: Emulator)
     assert (await emulator.token_reply()).status == 200
 
 
-async def test_revoked_tokens_get_401_until_a_new_token_is_issued(emulator: Emulator) -> None:
+async def test_revoked_tokens_get_401_until_a_new_token_is_issued(emulator: BuildingMinds) -> None:
     old = await emulator.token()
     await emulator.set_faults(profile="revoked-tokens")
 
@@ -202,7 +204,7 @@ async def test_revoked_tokens_get_401_until_a_new_token_is_issued(emulator: Emul
     assert (await emulator.api("GET", "/batch", token=old)).status == 401
 
 
-async def test_api_faults_spare_the_token_and_admin_endpoints(emulator: Emulator) -> None:
+async def test_api_faults_spare_the_token_and_admin_endpoints(emulator: BuildingMinds) -> None:
     await emulator.set_faults(profile="errors", rate=1.0)
 
     assert (await emulator.token_reply()).status == 200
@@ -222,7 +224,7 @@ async def test_api_faults_spare_the_token_and_admin_endpoints(emulator: Emulator
     ],
     ids=repr,
 )
-async def test_bad_fault_settings_are_refused(emulator: Emulator, body: object) -> None:
+async def test_bad_fault_settings_are_refused(emulator: BuildingMinds, body: object) -> None:
     reply = await emulator.request("POST", "/_emulator/faults", json=body)
 
     assert reply.status == 400
@@ -233,7 +235,7 @@ async def test_bad_fault_settings_are_refused(emulator: Emulator, body: object) 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 async def test_every_profile_can_be_switched_on_and_read_back(
-    emulator: Emulator, profile: str
+    emulator: BuildingMinds, profile: str
 ) -> None:
     reply = await emulator.set_faults(profile=profile, rate=0.25)
 

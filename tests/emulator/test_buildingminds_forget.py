@@ -10,19 +10,19 @@ import pytest
 from tests.emulator.test_buildingminds_api import record
 
 if TYPE_CHECKING:
-    from tests.emulator.conftest import Emulator
+    from tests.support.emulators import BuildingMinds
 
 pytestmark = pytest.mark.anyio
 
 
-async def listed(emulator: Emulator, token: str, query: str = "") -> list[str]:
+async def listed(emulator: BuildingMinds, token: str, query: str = "") -> list[str]:
     reply = await emulator.api("GET", f"/batch{query}", token=token)
     assert reply.status == 200, reply.body
     return [b["batchId"] for b in reply.body["data"]]
 
 
 async def test_a_forgotten_batch_is_not_listed_nor_found_but_its_records_carry_on(
-    emulator: Emulator,
+    emulator: BuildingMinds,
 ) -> None:
     token = await emulator.token()
     kept = (await emulator.post("building", [record("building", "B-1")], token)).body["batchId"]
@@ -40,7 +40,9 @@ async def test_a_forgotten_batch_is_not_listed_nor_found_but_its_records_carry_o
     assert set(await emulator.entities("building")) == {"B-1", "B-2"}
 
 
-async def test_the_next_batches_can_be_forgotten_as_they_are_accepted(emulator: Emulator) -> None:
+async def test_the_next_batches_can_be_forgotten_as_they_are_accepted(
+    emulator: BuildingMinds,
+) -> None:
     token = await emulator.token()
     await emulator.request("POST", "/_emulator/forget", json={"next": 2})
 
@@ -55,18 +57,20 @@ async def test_the_next_batches_can_be_forgotten_as_they_are_accepted(emulator: 
 
 
 @pytest.mark.parametrize("body", [{}, {"batchId": 7}, {"next": -1}, {"next": True}])
-async def test_a_bad_forget_body_is_refused(emulator: Emulator, body: dict[str, object]) -> None:
+async def test_a_bad_forget_body_is_refused(
+    emulator: BuildingMinds, body: dict[str, object]
+) -> None:
     reply = await emulator.request("POST", "/_emulator/forget", json=body)
     assert reply.status == 400
 
 
-async def test_an_unknown_batch_cannot_be_forgotten(emulator: Emulator) -> None:
+async def test_an_unknown_batch_cannot_be_forgotten(emulator: BuildingMinds) -> None:
     reply = await emulator.request("POST", "/_emulator/forget", json={"batchId": "nope"})
     assert reply.status == 404
     assert reply.body == {"error": "no batch 'nope'"}
 
 
-async def test_reset_remembers_nothing_forgotten(emulator: Emulator) -> None:
+async def test_reset_remembers_nothing_forgotten(emulator: BuildingMinds) -> None:
     assert (await emulator.request("POST", "/_emulator/forget", json={"next": 5})).status == 200
     await emulator.request("POST", "/_emulator/reset")
     token = await emulator.token()

@@ -8,16 +8,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.emulator.conftest import DEMO_FORM, TOKEN_PATH
+from tests.support.emulators import DEMO_FORM, TOKEN_PATH
 from twin_emulators.buildingminds import EmulatorOptions
 
 if TYPE_CHECKING:
-    from tests.emulator.conftest import Emulator, StartEmulator
+    from tests.support.emulators import BuildingMinds, StartBuildingMinds
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_token_success_has_the_entra_shape(emulator: Emulator) -> None:
+async def test_token_success_has_the_entra_shape(emulator: BuildingMinds) -> None:
     reply = await emulator.token_reply()
 
     assert reply.status == 200
@@ -28,7 +28,7 @@ async def test_token_success_has_the_entra_shape(emulator: Emulator) -> None:
     assert (await emulator.token()) != reply.body["access_token"]  # random per request
 
 
-async def test_an_unknown_tenant_is_refused_as_entra_does(emulator: Emulator) -> None:
+async def test_an_unknown_tenant_is_refused_as_entra_does(emulator: BuildingMinds) -> None:
     """A token URL naming another directory must not pass: Entra answers 400 AADSTS90002
     before it looks at the credential, with its usual error members."""
     reply = await emulator.request(
@@ -48,7 +48,7 @@ async def test_an_unknown_tenant_is_refused_as_entra_does(emulator: Emulator) ->
     assert "access_token" not in body
 
 
-async def test_the_tenant_is_checked_before_the_credential(emulator: Emulator) -> None:
+async def test_the_tenant_is_checked_before_the_credential(emulator: BuildingMinds) -> None:
     form = {**_demo_form(), "client_secret": "wrong"}
     reply = await emulator.request("POST", "/x/oauth2/v2.0/token", data=form)
 
@@ -56,7 +56,7 @@ async def test_the_tenant_is_checked_before_the_credential(emulator: Emulator) -
 
 
 async def test_configured_tenants_are_served_case_insensitively(
-    start_emulator: StartEmulator,
+    start_emulator: StartBuildingMinds,
 ) -> None:
     emulator = await start_emulator(
         EmulatorOptions(tenants=("tstbuildingminds.onmicrosoft.com", "contoso.example"))
@@ -75,7 +75,7 @@ def test_tenants_must_be_names() -> None:
             EmulatorOptions(tenants=tenants)
 
 
-async def test_basic_authentication_of_the_client_is_accepted(emulator: Emulator) -> None:
+async def test_basic_authentication_of_the_client_is_accepted(emulator: BuildingMinds) -> None:
     form = {k: v for k, v in _demo_form().items() if k not in ("client_id", "client_secret")}
     basic = base64.b64encode(b"demo-client:demo-secret").decode()
     reply = await emulator.request(
@@ -154,7 +154,7 @@ async def test_basic_authentication_of_the_client_is_accepted(emulator: Emulator
     ],
 )
 async def test_token_errors_have_the_entra_shape(
-    emulator: Emulator, overrides: dict[str, str | None], error: str, code: int, text: str
+    emulator: BuildingMinds, overrides: dict[str, str | None], error: str, code: int, text: str
 ) -> None:
     reply = await emulator.token_reply(**overrides)
 
@@ -169,7 +169,7 @@ async def test_token_errors_have_the_entra_shape(
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", body["timestamp"])
 
 
-async def test_a_token_is_valid_until_its_lifetime_ends(emulator: Emulator) -> None:
+async def test_a_token_is_valid_until_its_lifetime_ends(emulator: BuildingMinds) -> None:
     token = await emulator.token()
 
     emulator.clock.advance(3598.9)
@@ -191,7 +191,7 @@ async def test_a_token_is_valid_until_its_lifetime_ends(emulator: Emulator) -> N
     ids=["missing", "unknown", "wrong-scheme", "empty"],
 )
 async def test_requests_without_a_valid_token_get_401(
-    emulator: Emulator, authorization: str | None
+    emulator: BuildingMinds, authorization: str | None
 ) -> None:
     headers = {} if authorization is None else {"Authorization": authorization}
     reply = await emulator.request("GET", "/api/digitaltwinintegration/batch", headers=headers)
@@ -201,7 +201,9 @@ async def test_requests_without_a_valid_token_get_401(
     assert reply.body["message"]
 
 
-async def test_token_requests_do_not_use_the_rate_budget(start_emulator: StartEmulator) -> None:
+async def test_token_requests_do_not_use_the_rate_budget(
+    start_emulator: StartBuildingMinds,
+) -> None:
     emulator = await start_emulator(EmulatorOptions(rate_limit_requests=2))
     for _ in range(5):
         await emulator.token()

@@ -16,6 +16,7 @@ from connector.decode import Change, Decoder, Rejection
 from connector.entities import ENTITIES
 from connector.offsets import OffsetTracker, TopicPartitionKey
 from connector.window import Batch, Ref, Window
+from tests.support.clock import FakeClock
 
 
 @dataclass
@@ -106,13 +107,6 @@ def test_the_exact_path_never_raises_and_sends_only_json(
         result.payload.decode("utf-8")
 
 
-class Clock:
-    now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 ops = st.lists(
     st.one_of(
         st.tuples(st.just("add"), st.integers(0, 7)),
@@ -128,7 +122,7 @@ ops = st.lists(
 def test_coalescing_sends_the_newest_version_once_in_flight_and_finishes_every_record(
     steps: list[tuple[str, int]],
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     window = Window(max_records=3, max_request_bytes=10_000, max_wait=0, clock=clock)
     building, tp = ENTITIES["Building"], TopicPartitionKey("t", 0)
     offsets = OffsetTracker()

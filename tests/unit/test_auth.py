@@ -23,6 +23,7 @@ from pydantic import SecretStr
 
 from connector.auth import BearerAuth, ClientCredentials, Token, TokenProvider
 from connector.errors import AuthError, CredentialsRejected, TokenEndpointUnavailable
+from tests.support.clock import FakeClock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -35,16 +36,10 @@ SCOPE = "api://bm-test/.default"
 T0 = 5000.0
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @dataclass
-class Reply:
+class Scripted:
+    """An answer the token endpoint gives instead of a token."""
+
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
@@ -56,7 +51,7 @@ class Platform:
 
     server: BaseTestServer | None = None
     expires_in: object = 3600
-    replies: list[Reply] = field(default_factory=list)  # token replies to give before tokens
+    replies: list[Scripted] = field(default_factory=list)  # token replies to give before tokens
     token_forms: list[dict[str, str]] = field(default_factory=list)
     token_auth_headers: list[str | None] = field(default_factory=list)
     issued: list[str] = field(default_factory=list)
@@ -144,7 +139,7 @@ async def connect(
     connections: int = 100,
 ) -> AsyncIterator[Client]:
     """A session whose own middleware chain holds BearerAuth, and whose provider uses it too."""
-    clock = FakeClock()
+    clock = FakeClock(T0)
     outcomes: list[str] = []
     via: list[str] = []
     auth: list[BearerAuth] = []
@@ -240,7 +235,7 @@ async def test_on_refresh_already_sees_the_new_token(platform: Platform) -> None
         )
         first = await provider.token()
         second = await provider.renew(first)
-        platform.replies.append(Reply(503, b""))
+        platform.replies.append(Scripted(503, b""))
         with pytest.raises(TokenEndpointUnavailable):
             await provider.renew(second)
     assert seen == [("success", first), ("success", second), ("unavailable", second)]
@@ -295,7 +290,7 @@ async def test_a_failed_refresh_reaches_every_waiter_once_without_a_retry_storm(
     platform: Platform, client: Client
 ) -> None:
     platform.gate = anyio.Event()
-    platform.replies.append(Reply(503, b"busy"))
+    platform.replies.append(Scripted(503, b"busy"))
     errors: list[BaseException] = []
 
     async def call() -> None:
@@ -402,7 +397,7 @@ async def test_the_token_request_does_not_go_through_the_middleware(
 async def test_the_middleware_raises_when_no_token_can_be_had(
     platform: Platform, client: Client
 ) -> None:
-    platform.replies.append(Reply(400, entra_error(7000215, "invalid_client", "Invalid secret")))
+    platform.replies.append(Scripted(400, entra_error(7000215, "invalid_client", "Invalid secret")))
     with pytest.raises(CredentialsRejected):
         await client.get(platform.url("/resource"))
     assert platform.seen == []
@@ -431,7 +426,7 @@ async def test_aadsts_codes_become_credentials_rejected_with_the_fix(
     code, error, fix = case
     # For a known code the fix comes from our table, not from the provider's text.
     text = fix if code == 50034 else "Provider text."
-    platform.replies.append(Reply(status, entra_error(code, error, text)))
+    platform.replies.append(Scripted(status, entra_error(code, error, text)))
     with pytest.raises(CredentialsRejected) as caught:
         await client.provider.token()
     message = str(caught.value)
@@ -448,7 +443,7 @@ async def test_the_code_is_read_from_the_description_when_error_codes_is_absent(
     platform: Platform, client: Client
 ) -> None:
     body = {"error": "invalid_client", "error_description": "AADSTS7000222: expired. Trace ID: x"}
-    platform.replies.append(Reply(401, orjson.dumps(body)))
+    platform.replies.append(Scripted(401, orjson.dumps(body)))
     with pytest.raises(CredentialsRejected) as caught:
         await client.provider.token()
     assert caught.value.code == "AADSTS7000222"
@@ -467,7 +462,7 @@ async def test_the_code_is_read_from_the_description_when_error_codes_is_absent(
 async def test_throttling_answers_are_retriable(
     platform: Platform, client: Client, body: bytes
 ) -> None:
-    platform.replies.append(Reply(400, body))
+    platform.replies.append(Scripted(400, body))
     with pytest.raises(TokenEndpointUnavailable) as caught:
         await client.provider.token()
     assert caught.value.retriable
@@ -478,22 +473,24 @@ async def test_throttling_answers_are_retriable(
 @pytest.mark.parametrize(
     ("reply", "says"),
     [
-        (Reply(503, b"Service Unavailable"), "503"),
-        (Reply(500, b"<html>oops</html>"), "500"),
-        (Reply(429, b"", {"Retry-After": "60"}), "Retry-After: 60"),
-        (Reply(200, b"not json"), "without a usable token"),
-        (Reply(200, b"[]"), "without a usable token"),
-        (Reply(200, orjson.dumps({"access_token": "abc"})), "without a usable token"),
-        (Reply(200, orjson.dumps({"expires_in": 3599})), "without a usable token"),
-        (Reply(200, orjson.dumps({"access_token": "abc", "expires_in": 0})), "usable token"),
+        (Scripted(503, b"Service Unavailable"), "503"),
+        (Scripted(500, b"<html>oops</html>"), "500"),
+        (Scripted(429, b"", {"Retry-After": "60"}), "Retry-After: 60"),
+        (Scripted(200, b"not json"), "without a usable token"),
+        (Scripted(200, b"[]"), "without a usable token"),
+        (Scripted(200, orjson.dumps({"access_token": "abc"})), "without a usable token"),
+        (Scripted(200, orjson.dumps({"expires_in": 3599})), "without a usable token"),
+        (Scripted(200, orjson.dumps({"access_token": "abc", "expires_in": 0})), "usable token"),
         (
-            Reply(200, orjson.dumps({"access_token": "a", "expires_in": 9, "token_type": "mac"})),
+            Scripted(
+                200, orjson.dumps({"access_token": "a", "expires_in": 9, "token_type": "mac"})
+            ),
             "not Bearer",
         ),
     ],
 )
 async def test_server_failures_and_bad_tokens_are_retriable(
-    platform: Platform, client: Client, reply: Reply, says: str
+    platform: Platform, client: Client, reply: Scripted, says: str
 ) -> None:
     platform.replies.append(reply)
     with pytest.raises(TokenEndpointUnavailable) as caught:
@@ -539,12 +536,12 @@ async def test_no_secret_or_token_in_any_message_or_repr(
     value = token.value.get_secret_value()
     # A provider that echoes what it was sent must not carry the secret into our messages.
     platform.replies += [
-        Reply(400, entra_error(50000, "invalid_client", f"bad client_secret {SECRET}")),
-        Reply(400, entra_error(50001, "invalid_client", f"secret was {SECRET} here")),
-        Reply(400, entra_error(90024, "temporarily_unavailable", f"busy, Bearer {value}")),
-        Reply(401, orjson.dumps({"error": "invalid_client", "error_description": SECRET})),
-        Reply(429, b"", {"Retry-After": SECRET}),
-        Reply(500, SECRET.encode()),
+        Scripted(400, entra_error(50000, "invalid_client", f"bad client_secret {SECRET}")),
+        Scripted(400, entra_error(50001, "invalid_client", f"secret was {SECRET} here")),
+        Scripted(400, entra_error(90024, "temporarily_unavailable", f"busy, Bearer {value}")),
+        Scripted(401, orjson.dumps({"error": "invalid_client", "error_description": SECRET})),
+        Scripted(429, b"", {"Retry-After": SECRET}),
+        Scripted(500, SECRET.encode()),
     ]
     errors: list[AuthError] = []
     for _ in range(len(platform.replies)):
@@ -571,7 +568,7 @@ async def test_no_secret_or_token_in_any_message_or_repr(
 
 async def test_an_auth0_403_for_the_audience_is_rejected_with_that_fix(platform: Platform) -> None:
     body = {"error": "access_denied", "error_description": "Service not enabled within domain"}
-    platform.replies.append(Reply(403, orjson.dumps(body)))
+    platform.replies.append(Scripted(403, orjson.dumps(body)))
     grant = ClientCredentials(
         platform.url("/token"), CLIENT_ID, SecretStr(SECRET), audience="https://x", as_json=True
     )
