@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from tests.support.report import Report
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -23,24 +25,6 @@ if TYPE_CHECKING:
 REPORT = Path(
     os.environ.get("RELIABILITY_REPORT", Path(__file__).parents[2] / ".cache" / "reliability.json")
 )
-
-
-@dataclass
-class Row:
-    fault: str
-    sent: int
-    lost: int
-    duplicated: int
-    dead_lettered: int
-    peak_rss_mb: float | None  # None: the connector ran inside the test process
-
-
-class Report:
-    def __init__(self) -> None:
-        self.rows: list[Row] = []
-
-    def add(self, row: Row) -> None:
-        self.rows.append(row)
 
 
 @pytest.fixture(scope="session")

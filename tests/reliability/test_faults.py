@@ -28,7 +28,7 @@ from tests.integration.helpers import (
     write_config,
 )
 from tests.kafka_fixtures import NewTopicFactory, create_topic, wait_until
-from tests.reliability.conftest import Report, Row
+from tests.support.report import Report, Row
 from twin_emulators.buildingminds import STATE_KEY, EmulatorOptions
 
 if TYPE_CHECKING:

@@ -36,10 +36,10 @@ from tests.integration.helpers import (
     running_emulator,
     settings_for,
 )
-from tests.reliability.conftest import Report, Row
 from tests.support.hostile import MIB
 from tests.support.pipeline import reconciles, running_connector, until
 from tests.support.rawkafka import RawRecord, create_topic_with, produce_raw, read_raw
+from tests.support.report import Report, Row
 from twin_emulators.buildingminds import EmulatorOptions
 
 if TYPE_CHECKING:
