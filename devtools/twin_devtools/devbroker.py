@@ -103,7 +103,11 @@ def resolve_jars(version: str = KAFKA_VERSION, *, quiet: bool = False) -> Path:
             + _INSTALL_HINT
         )
     if not quiet:
-        print(f"resolving Kafka {version} jars from Maven Central into {libs} ...", file=sys.stderr)
+        print(
+            f"resolving Kafka {version} jars from Maven Central into {libs} "
+            "(first run: about 30 s) ...", file=sys.stderr, flush=True,
+        )  # fmt: skip
+    started = time.monotonic()
     shutil.rmtree(libs, ignore_errors=True)
     cmd = [
         mvn, "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
@@ -116,6 +120,10 @@ def resolve_jars(version: str = KAFKA_VERSION, *, quiet: bool = False) -> Path:
             f"{(done.stdout + done.stderr)[-2000:]}"
         )
     marker.write_text(version)
+    if not quiet:
+        print(
+            f"resolved Kafka {version} jars in {time.monotonic() - started:.0f} s", file=sys.stderr
+        )
     return libs
 
 
