@@ -6,7 +6,13 @@ Accepts the event formats of docs/design.md §3.3:
   gives `<Entity>Updated` (the platform upserts by external ID);
 - CDC envelopes (Debezium style, with or without the `payload` wrapper): op c/r → Added,
   u → Updated, d → Deleted (from `before`); the entity from the topic mapping or `source.table`;
-- tombstones (null value with a key) → Deleted, where the topic maps to an entity.
+- tombstones (null value with a key) → Deleted, where the topic maps to an entity;
+- Avro and JSON Schema values in the Schema Registry wire format (a zero byte, a 4-byte
+  schema ID): read with their schema from the `SchemaCache` (`connector.schemas`; filled by
+  `connector.schemaregistry` before the batch is decoded), then decoded as the JSON value
+  they stand for. A value that does not decode with its schema, or names a schema the
+  registry served but the connector cannot use, is dead-lettered as `undecodable_record`
+  naming the schema ID; without `schema_registry.url`, the same, with that hint.
 
 The external ID is the Kafka key when it is a plain string, else the entity's ID field; when
 both are present they must agree. An ID must not be blank and must not hold a control character
@@ -37,13 +43,15 @@ import orjson
 from connector.debezium import OPS, Key, Row, parse_key, read_row, unwrap
 from connector.entities import Entity, entity_for_event_type, find_entity
 from connector.mapping import MappingFailed, schema_conversions
+from connector.schemas import SchemaUnusable, schema_id
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from connector.mapping import CompiledMapping, MappingRule
+    from connector.schemas import SchemaCache
 
-__all__ = ["Change", "Decoder", "Reason", "RecordLike", "Rejection", "Skip"]
+__all__ = ["Change", "Decoder", "Reason", "RecordLike", "Rejection", "SchemaNotFetched", "Skip"]
 
 MAX_ID_LENGTH = 50
 
@@ -70,6 +78,11 @@ class Reason(enum.StrEnum):
     BATCH_LOST = "batch_lost"
     UNDECODABLE_RECORD = "undecodable_record"
     MAPPING_FAILED = "mapping_failed"
+
+
+class SchemaNotFetched(LookupError):
+    """A wire-format value reached the decoder before its schema was fetched (a wiring
+    fault: `connector.schemaregistry.SchemaGate.admit` runs before every batch is decoded)."""
 
 
 class RecordLike(Protocol):
@@ -122,7 +135,10 @@ class Decoder:
 
     `topic_entities` maps topic names to entity names (`{"meter-changes": "meter"}`);
     `max_record_bytes` bounds one record's value; `mappings` are the compiled mappings of the
-    config (`connector.mapping`), found by topic, then by the table a record names.
+    config (`connector.mapping`), found by topic, then by the table a record names;
+    `schemas` the schemas of wire-format values (None: no registry configured). Raises
+    `SchemaNotFetched` for a wire-format value whose schema is not in `schemas`: the intake
+    fetches every schema a batch names before decoding it, so that is a wiring fault.
 
     Keeps one fact per partition: the key of a delete it has just decoded there, so the
     tombstone Debezium writes right after that delete (same key, next offset) is finished with
@@ -134,7 +150,10 @@ class Decoder:
         topic_entities: Mapping[str, str],
         max_record_bytes: int,
         mappings: Sequence[MappingRule] = (),
+        *,
+        schemas: SchemaCache | None = None,
     ) -> None:
+        self.schemas = schemas
         self.topic_entities: dict[str, Entity] = {}
         for topic, name in topic_entities.items():
             entity = find_entity(name)
@@ -151,6 +170,9 @@ class Decoder:
             target = self._by_topic if rule.topic else self._by_table
             target[rule.topic or rule.table or ""] = (entity, rule.compiled)
         self._last_delete: dict[tuple[str, int], bytes] = {}
+        # a registry schema's Connect schema is one object for all its records: its
+        # conversions are worked out once (a JSON record's schema is new each time)
+        self._memo: tuple[Any, dict[str, Any]] = (None, {})
 
     def decode(self, record: RecordLike) -> Change | Rejection | Skip:
         after_delete = None
@@ -178,7 +200,8 @@ class Decoder:
                 Reason.RECORD_TOO_LARGE,
                 f"value is {len(value)} bytes; the limit is {self.max_record_bytes}",
             )
-        obj = _parse(value)
+        # a JSON value never starts with a zero byte: the Schema Registry's wire format does
+        obj = _parse(value) if not value or value[0] else self._from_registry(value)
         if isinstance(obj, Rejection):
             return obj
         if not isinstance(obj, dict):
@@ -201,6 +224,37 @@ class Decoder:
         if found is not None:
             return self._mapped(found, row, key)
         return self._cdc(record.topic, row, key)
+
+    def _from_registry(self, value: bytes) -> Any:
+        """A wire-format value read with its schema, or a Rejection naming the schema ID."""
+        ident = schema_id(value)
+        if ident is None or ident < 0:
+            return Rejection(
+                Reason.UNDECODABLE_RECORD,
+                f"value starts with the Schema Registry wire format's zero byte but has "
+                f"{len(value)} bytes, fewer than its 5-byte header",
+            )
+        if self.schemas is None:
+            return Rejection(
+                Reason.UNDECODABLE_RECORD,
+                f"value is in the Schema Registry wire format (schema ID {ident}, Avro or "
+                "JSON Schema): set schema_registry.url to decode it, then replay it",
+            )
+        schema = self.schemas.get(ident)
+        if schema is None:
+            raise SchemaNotFetched(f"schema {ident} was not fetched before decoding")
+        if isinstance(schema, SchemaUnusable):
+            return Rejection(Reason.UNDECODABLE_RECORD, str(schema))
+        try:
+            return schema.read(value)
+        except ValueError as exc:
+            kind = "Avro" if schema.type == "AVRO" else "JSON Schema"
+            return Rejection(Reason.UNDECODABLE_RECORD, f"{kind} schema ID {ident}: {exc}")
+
+    def _conversions(self, schema: Any) -> dict[str, Any]:
+        if schema is not self._memo[0]:
+            self._memo = (schema, schema_conversions(schema))
+        return self._memo[1]
 
     def _mapping_for(self, topic: str, table: str | None) -> tuple[Entity, CompiledMapping] | None:
         found = self._by_topic.get(topic)
@@ -279,7 +333,7 @@ class Decoder:
                 return Rejection(Reason.MAPPING_FAILED, str(ident))
         body: dict[str, Any] = {}
         if kind != "Deleted":
-            conversions = schema_conversions(row.schema) if row.schema is not None else {}
+            conversions = self._conversions(row.schema) if row.schema is not None else {}
             made = mapping.record(data, conversions)
             if isinstance(made, MappingFailed):
                 return Rejection(Reason.MAPPING_FAILED, str(made))

@@ -1,0 +1,339 @@
+"""Schema Registry: fetch the schemas a fetched batch names, before it is decoded.
+
+    SchemaGate.admit(batches, consumer) -> batches      the pre-step of the consume loop
+      ├── collects the schema IDs of wire-format values (`connector.schemas`) not cached yet
+      ├── RegistryClient.fetch(id)                       GET {url}/schemas/ids/{id}, through
+      │                                                  `connector.http.send` (no redirects,
+      │                                                  body cap, TLS, basic or bearer auth)
+      └── holds a partition whose record names a schema it could not fetch: that partition's
+          records from the first such record on are not handed over; the partition is sought
+          back to that record and paused, and tried again with exponential backoff
+
+A schema by ID never changes, so each is fetched once and cached for the life of the process
+(`SchemaCache`). A schema the registry serves but the connector cannot use (Protobuf, not
+valid Avro) is cached as `SchemaUnusable`: its records are dead-lettered by the decoder, naming
+the schema ID.
+
+Whatever stops a fetch holds the records and never dead-letters them: the registry down, a 5xx,
+a timeout, a 401/403 (a credential to fix), and a 404 (40403, "schema not found": a registry
+replica may not have caught up with the producer's registration). The hold lasts as long as the
+failure does: the records wait in Kafka, the other partitions flow, the hold is logged on each
+failed try (WARNING, at most one line per try) and counted in
+`connector_schema_registry_requests_total{outcome}` and `connector_schema_held_partitions`;
+a hold of minutes shows as consumer lag, which the lag alert reports.
+
+Must not: sleep in the consume loop (a held partition is paused, never waited for), read
+records it holds twice into the pipeline, or dead-letter for a failed fetch.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from connector.errors import ApiError, ConnectorError, RateLimited, ServerError
+from connector.http import StatusTable, host_of, send
+from connector.logs import get_logger
+from connector.ratelimit import Backoff
+from connector.schemas import (
+    HEADER_BYTES,
+    Schema,
+    SchemaCache,
+    SchemaUnusable,
+    parse_schema,
+    schema_id,
+)
+from connector.sessions import http_session
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    import aiohttp
+    from aiokafka import TopicPartition
+
+    from connector.config import SchemaRegistrySettings
+    from connector.metrics import Metrics
+
+__all__ = [
+    "RegistryClient",
+    "RegistryRefused",
+    "SchemaGate",
+    "SchemaNotFound",
+    "build_gate",
+]
+
+log = get_logger(__name__)
+
+
+class SchemaNotFound(ApiError):
+    """404: the registry does not know the ID (yet: a replica may lag the registration)."""
+
+    retriable = True
+
+
+class RegistryRefused(ApiError):
+    """401 / 403 / another 4xx: a credential or URL to fix; the records are held meanwhile."""
+
+    retriable = True
+
+
+_STATUSES = StatusTable(
+    errors={401: RegistryRefused, 403: RegistryRefused, 404: SchemaNotFound, 429: RateLimited},
+    client=RegistryRefused,
+    server=ServerError,
+    retry_after=None,
+)
+
+_OUTCOMES: dict[type[Exception], str] = {
+    SchemaNotFound: "not_found",
+    RegistryRefused: "refused",
+}
+
+
+class RegistryClient:
+    """GET /schemas/ids/{id} of a Confluent-compatible registry (Confluent, Apicurio's
+    `/apis/ccompat/v7`, Redpanda, Karapace)."""
+
+    def __init__(self, settings: SchemaRegistrySettings) -> None:
+        if settings.url is None:
+            raise ValueError("schema_registry.url is not set")
+        self.settings = settings
+        self.url = settings.url
+        self.max_body = settings.max_schema_bytes
+        self._headers: dict[str, str] = {"Accept": "application/vnd.schemaregistry.v1+json"}
+        if settings.username is not None and settings.password is not None:
+            pair = f"{settings.username}:{settings.password.get_secret_value()}"
+            self._headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        elif settings.token is not None:
+            self._headers["Authorization"] = f"Bearer {settings.token.get_secret_value()}"
+
+    def session(self) -> aiohttp.ClientSession:
+        """A new session (TLS and timeouts of the settings); fetches are rare: one per ID."""
+        s = self.settings
+        return http_session(
+            verify=s.tls_verify, ca_file=s.ca_file, timeout=s.request_timeout_seconds
+        )
+
+    async def fetch(self, session: aiohttp.ClientSession, ident: int) -> Schema | SchemaUnusable:
+        """The schema `ident` names, or why it cannot be used.
+
+        Raises `SchemaNotFound` (404), `RegistryRefused` (401, 403, other 4xx), `RateLimited`,
+        `ServerError` (5xx, transport, timeouts, a body over the cap, an answer that is no
+        schema), `EndpointMisconfigured` / `RedirectRefused` (TLS, URL, a 3xx)."""
+        what = f"GET {host_of(self.url)}/schemas/ids/{ident}"
+        answer = await send(
+            session, "GET", f"{self.url}/schemas/ids/{ident}", what=what,
+            headers=self._headers, max_body=self.max_body,
+        )  # fmt: skip
+        body = answer.json()
+        if not answer.ok:
+            said = body.get("message") if isinstance(body, dict) else None
+            code = body.get("error_code") if isinstance(body, dict) else None
+            detail = f": {said} (error_code {code})" if said else ""
+            error = _STATUSES.error(
+                answer, f"{what} answered {answer.status}{detail}", max_retry_after=300.0
+            )
+            assert error is not None  # noqa: S101 - a non-2xx always maps to a class
+            raise error
+        if not isinstance(body, dict) or not isinstance(body.get("schema"), str):
+            raise ServerError(f"{what} answered {answer.status} without a schema string")
+        if body.get("references"):
+            return SchemaUnusable(
+                f"schema {ident} refers to other schemas (references), which the connector "
+                "does not resolve"
+            )
+        try:
+            return parse_schema(ident, body["schema"], body.get("schemaType"))
+        except SchemaUnusable as exc:
+            return exc
+
+
+class _Consumer(Protocol):
+    """What the gate uses of aiokafka's consumer."""
+
+    def assignment(self) -> Iterable[TopicPartition]: ...
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+    def pause(self, *partitions: TopicPartition) -> None: ...
+    def resume(self, *partitions: TopicPartition) -> None: ...
+
+
+@dataclass
+class _Hold:
+    """A partition held at `offset` until the schemas `ids` are fetched."""
+
+    offset: int
+    ids: set[int]
+
+
+@dataclass
+class SchemaGate:
+    """The consume loop's pre-step: hands over a batch only as far as its schemas are cached."""
+
+    client: RegistryClient
+    cache: SchemaCache
+    metrics: Metrics
+    backoff: Backoff
+    clock: Callable[[], float] = time.monotonic
+    rand: Callable[[], float] | None = None  # backoff jitter (tests pass a fixed one)
+    _held: dict[TopicPartition, _Hold] = field(default_factory=dict)
+    # one backoff for every hold: a failure is the registry's, mostly, so the held partitions
+    # are tried together (one request round, one WARNING line per try, not one per partition)
+    _attempt: int = 0
+    _retry_at: float = 0.0
+
+    @property
+    def held(self) -> int:
+        """How many partitions are held."""
+        return len(self._held)
+
+    async def admit(
+        self, batches: dict[Any, list[Any]], consumer: _Consumer
+    ) -> dict[Any, list[Any]]:
+        """`batches` (aiokafka's `getmany` answer) as far as each partition's schemas are known.
+
+        Called after every fetch, an empty one too (held partitions are paused: their retry
+        comes from here), before its records are taken in. Fetches the schemas not cached yet;
+        a partition whose schema could not be fetched is cut before its first such record,
+        sought back to it and paused; a held partition is tried again once its backoff is over
+        and resumed when its schemas came. Never raises for a registry failure (it holds
+        instead)."""
+        if self._held:
+            await self._retry_due(consumer)
+        missing: dict[int, None] = {}
+        known = self.cache
+        for tp, records in batches.items():
+            if tp in self._held:
+                continue
+            for rec in records:  # (inlined `schema_id`: this runs per record)
+                value = rec.value
+                if value and value[0] == 0 and len(value) >= HEADER_BYTES:
+                    ident = int.from_bytes(value[1:HEADER_BYTES], "big")
+                    if ident not in known:
+                        missing[ident] = None
+        failed: set[int] = set()
+        if missing:
+            failed = await self._fetch(list(missing))
+        if not failed and not self._held:
+            return batches
+        admitted = self._cut(batches, failed, consumer)
+        self.metrics.set_schema_held(len(self._held))
+        return admitted
+
+    def _cut(
+        self, batches: dict[Any, list[Any]], failed: set[int], consumer: _Consumer
+    ) -> dict[Any, list[Any]]:
+        """The records before each partition's first one naming a `failed` schema; those
+        partitions are held there."""
+        admitted: dict[Any, list[Any]] = {}
+        for tp, records in batches.items():
+            hold = self._held.get(tp)
+            if hold is not None:  # resumed by backpressure meanwhile: read again later
+                if records:
+                    consumer.seek(tp, hold.offset)
+                    consumer.pause(tp)
+                continue
+            cut = _first_failed(records, failed) if failed else None
+            if cut is None:
+                admitted[tp] = records
+                continue
+            first = records[cut]
+            ids = {i for r in records[cut:] if (i := _id_of(r)) in failed}
+            if not self._held:
+                self._retry_at, self._attempt = self._next_try(0), 1
+            self._held[tp] = _Hold(first.offset, ids)
+            consumer.seek(tp, first.offset)
+            consumer.pause(tp)
+            if cut:
+                admitted[tp] = records[:cut]
+        return admitted
+
+    async def _retry_due(self, consumer: _Consumer) -> None:
+        assigned = set(consumer.assignment())
+        for tp in [tp for tp in self._held if tp not in assigned]:
+            del self._held[tp]  # revoked: its next owner reads it from the commit
+        if not self._held or self.clock() < self._retry_at:
+            self.metrics.set_schema_held(len(self._held))
+            return
+        wanted = sorted({i for h in self._held.values() for i in h.ids if i not in self.cache})
+        failed = await self._fetch(wanted) if wanted else set()
+        for tp, hold in list(self._held.items()):
+            hold.ids &= failed
+            if not hold.ids:
+                del self._held[tp]
+                consumer.resume(tp)
+                log.info(
+                    "schema registry: %s partition %d resumed at offset %d",
+                    tp.topic, tp.partition, hold.offset,
+                )  # fmt: skip
+        if self._held:
+            self._retry_at = self._next_try(self._attempt)
+            self._attempt += 1
+        self.metrics.set_schema_held(len(self._held))
+
+    def _next_try(self, attempt: int) -> float:
+        delay = self.backoff.delay(attempt) if self.rand is None else (
+            self.backoff.delay(attempt, self.rand)
+        )  # fmt: skip
+        return self.clock() + delay
+
+    async def _fetch(self, ids: list[int]) -> set[int]:
+        """Fetch `ids` into the cache; the IDs that could not be fetched.
+
+        After a failure that is not about one ID (the registry down, refusing, throttling)
+        the rest are not asked this round."""
+        failed: set[int] = set()
+        error: ConnectorError | None = None
+        async with self.client.session() as session:
+            for ident in ids:
+                if error is not None and not isinstance(error, SchemaNotFound):
+                    failed.add(ident)
+                    continue
+                try:
+                    schema = await self.client.fetch(session, ident)
+                except ConnectorError as exc:
+                    error = exc
+                    failed.add(ident)
+                    self.metrics.schema_fetched(_OUTCOMES.get(type(exc), "unavailable"))
+                    continue
+                self.cache.put(ident, schema)
+                outcome = "unusable" if isinstance(schema, SchemaUnusable) else "found"
+                self.metrics.schema_fetched(outcome)
+                if isinstance(schema, SchemaUnusable):
+                    log.error("schema registry: %s; its records are dead-lettered", schema)
+        if error is not None:
+            log.warning(
+                "schema registry: schema%s %s not fetched (%s); holding the records that "
+                "name them, %d partition%s held before this try",
+                "s" if len(failed) > 1 else "", ", ".join(map(str, sorted(failed))), error,
+                len(self._held), "" if len(self._held) == 1 else "s",
+            )  # fmt: skip
+        return failed
+
+
+def _id_of(record: Any) -> int | None:
+    value = record.value
+    return schema_id(value) if value and value[0] == 0 else None
+
+
+def _first_failed(records: list[Any], failed: set[int]) -> int | None:
+    for index, record in enumerate(records):
+        if _id_of(record) in failed:
+            return index
+    return None
+
+
+def build_gate(
+    settings: SchemaRegistrySettings,
+    *,
+    metrics: Metrics,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[SchemaGate | None, SchemaCache | None]:
+    """The gate and its cache for `settings`; (None, None) when no registry is configured."""
+    if settings.url is None:
+        return None, None
+    cache = SchemaCache()
+    backoff = Backoff(base=settings.retry_backoff_seconds, cap=settings.retry_backoff_max_seconds)
+    client = RegistryClient(settings)
+    return SchemaGate(client, cache, metrics, backoff, clock), cache
