@@ -14,6 +14,7 @@ import contextlib
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from connector import __version__
+from connector.decode import Reason
 
 __all__ = ["Metrics"]
 
@@ -154,15 +155,25 @@ class Metrics:
             ["source", "change"],
             registry=r,
         )
+        self._schema_fetches = Counter(
+            f"{p}schema_registry_requests",
+            "Schema lookups at the Schema Registry by outcome (found, not_found, unusable, "
+            "refused, unavailable)",
+            ["outcome"],
+            registry=r,
+        )
+        self._schema_held = Gauge(
+            f"{p}schema_held_partitions",
+            "Partitions held because a record names a schema the registry did not serve yet",
+            registry=r,
+        )
         self._build = Gauge(f"{p}build_info", "Build information", ["version"], registry=r)
         self._build.labels(version=__version__).set(1)
         self._coalesced_by: dict[str, Counter] = {}
         ProcessCollector(registry=registry)  # process_cpu_seconds_total, resident memory, fds
         # known label values start at 0, so increase() sees the first event
-        for reason in ("invalid_json", "missing_id", "unknown_entity", "invalid_record",
-                       "record_too_large", "api_rejected", "batch_failed",
-                       "undecodable_record"):  # fmt: skip
-            self._dead.labels(reason=reason)
+        for known in Reason:  # every reason, from the one list of them
+            self._dead.labels(reason=known.value)
         for reason in ("rate_limited", "server_error", "unauthorized", "token_unavailable"):
             self._retries.labels(reason=reason)
         for outcome in ("success", "rejected", "unavailable"):
@@ -171,6 +182,13 @@ class Metrics:
             self._commits.labels(outcome=outcome)
         for outcome in ("success", "error", "rate_limited"):
             self._polls.labels(outcome=outcome)  # fmt: skip
+
+    # schema registry (connector.schemaregistry)
+    def schema_fetched(self, outcome: str) -> None:
+        self._schema_fetches.labels(outcome=outcome).inc()
+
+    def set_schema_held(self, partitions: int) -> None:
+        self._schema_held.set(partitions)
 
     # intake
     def consumed(self, topic: str, count: int = 1) -> None:
