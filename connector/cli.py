@@ -1,4 +1,5 @@
-"""The command line: `run`, `check`, `dry-run`, `emulate`, `produce-sample`, `batches`, `auth`
+"""The command line: `run`, `check`, `dry-run`, `emulate`, `produce-sample`, `batches`, `auth`,
+`dead-letters`, `story`
 (docs/design.md §3.1).
 
 Owns parsing arguments, loading settings once, setting up logging, and turning the known
@@ -169,6 +170,9 @@ def build_parser(*, emulators: bool = True) -> argparse.ArgumentParser:
     )
     produce.add_argument("--rate", type=float, default=0, help="events per second (0: all at once)")
     produce.add_argument("--seed", type=int, default=1)
+    from connector.deadletters.cli import add_parsers  # noqa: PLC0415 - stdlib-only at import
+
+    add_parsers(sub, _config_arg)  # dead-letters list / replay, story
     return parser
 
 
@@ -328,6 +332,18 @@ def cmd_auth(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_dead_letters(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from connector.deadletters.cli import cmd_dead_letters as run  # noqa: PLC0415
+
+    return run(args, out, err, _load)
+
+
+def cmd_story(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from connector.deadletters.cli import cmd_story as run  # noqa: PLC0415
+
+    return run(args, out, err, _load)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
     "run": cmd_run,
     "check": cmd_check,
@@ -336,6 +352,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO, TextIO], int]] = {
     "auth": cmd_auth,
     "produce-sample": cmd_produce_sample,
     "dry-run": cmd_dry_run,
+    "dead-letters": cmd_dead_letters,
+    "story": cmd_story,
 }
 
 
@@ -355,7 +373,6 @@ def main(
         print(f"error: {EMULATORS_MISSING}", file=err or sys.stderr)
         return EXIT_USAGE
     # only `emulate` (and help, which lists everything) needs the emulators' flags
-    args = build_parser(emulators=argv[:1] not in (["run"], ["check"], ["dry-run"])).parse_args(
-        argv
-    )
+    light = (["run"], ["check"], ["dry-run"], ["dead-letters"], ["story"])
+    args = build_parser(emulators=argv[:1] not in light).parse_args(argv)
     return COMMANDS[args.command](args, out or sys.stdout, err or sys.stderr)
