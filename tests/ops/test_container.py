@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from connector.config import load_settings
+from connector.sinks.buildingminds.settings import BuildingMindsSinkSettings
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -38,7 +39,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_CONFIG = ROOT / "config" / "connector.compose.yaml"
 CONFIG_IN_CONTAINER = "/etc/connector/connector.yaml"
 SERVICES = {"kafka", "emulator", "connector", "producer", "prometheus", "grafana"}
-OUR_IMAGE_SERVICES = ("emulator", "connector", "producer")
+OUR_IMAGE_SERVICES = ("emulator", "connector", "producer")  # built from our Dockerfile
 
 
 # ---------------------------------------------------------------- reading the files
@@ -76,7 +77,7 @@ def binds(name: str) -> list[tuple[str, str]]:
 class Instruction:
     keyword: str
     args: str
-    stage: int
+    stage: int  # -1: a global ARG before the first FROM
 
 
 def instructions(text: str) -> list[Instruction]:
@@ -100,10 +101,46 @@ def instructions(text: str) -> list[Instruction]:
     return found
 
 
-def final_stage(text: str) -> list[Instruction]:
+def stage_names(text: str) -> dict[str, int]:
+    """`FROM ... AS name` -> the stage's index."""
+    names = {}
+    for i in instructions(text):
+        if i.keyword == "FROM" and " AS " in f" {i.args.upper()} ":
+            names[i.args.split()[-1]] = i.stage
+    return names
+
+
+def parent(text: str, stage: int) -> str:
+    """What stage `stage` is built FROM: an earlier stage's name or an image reference."""
+    return next(
+        i for i in instructions(text) if i.keyword == "FROM" and i.stage == stage
+    ).args.split()[0]
+
+
+def image_of(text: str, target: str | None = None) -> list[Instruction]:
+    """The instructions that make the image of `target` (default: the last stage, which is
+    what a plain `docker build` makes): its stage's and those of the stages it is FROM."""
+    names = stage_names(text)
     found = instructions(text)
-    last = max(i.stage for i in found)
-    return [i for i in found if i.stage == last]
+    stage = names[target] if target else max(i.stage for i in found)
+    chain = [stage]
+    while parent(text, chain[-1]) in names:
+        chain.append(names[parent(text, chain[-1])])
+    return [i for s in reversed(chain) for i in found if i.stage == s and i.keyword != "FROM"]
+
+
+def final_stage(text: str) -> list[Instruction]:
+    return image_of(text)
+
+
+def global_args(text: str) -> dict[str, str]:
+    """The ARGs before the first FROM, with their defaults (what `${NAME}` in FROM means)."""
+    found = {}
+    for i in instructions(text):
+        if i.stage == -1 and i.keyword == "ARG":
+            name, _, default = i.args.partition("=")
+            found[name] = default.strip('"')
+    return found
 
 
 def one(stage: list[Instruction], keyword: str) -> Instruction:
@@ -165,19 +202,47 @@ def test_reader_joins_continuations_and_tracks_stages() -> None:
 
 
 def test_image_is_multi_stage_on_pinned_slim_python() -> None:
-    froms = [i for i in instructions(DOCKERFILE.read_text()) if i.keyword == "FROM"]
+    text = DOCKERFILE.read_text()
+    froms = [i for i in instructions(text) if i.keyword == "FROM"]
     assert len(froms) >= 2, "build in one stage, run in another"
+    base = global_args(text)["BASE"]
+    assert base == "python:3.11-slim-bookworm", "a Docker user builds on the official image"
+    names = stage_names(text)
     for instruction in froms:
         image = instruction.args.split()[0]
-        assert ":" in image, f"pin {image} by tag"
-        assert not image.endswith(":latest"), image
-    assert froms[-1].args.split()[0].startswith("python:3.11-slim")
-    final = final_stage(DOCKERFILE.read_text())
+        if image in names:
+            assert names[image] < instruction.stage, f"FROM {image}: not an earlier stage"
+            continue
+        assert image == "${BASE}", f"FROM {image}: every stage starts from BASE or a stage"
+    final = final_stage(text)
     copies = [i.args for i in final if i.keyword == "COPY"]
     assert any(c.startswith("--from=") and "/opt/venv" in c for c in copies)
     assert not [i for i in final if i.keyword == "RUN" and "pip install" in i.args], (
         "install in the builder; the final stage copies the virtualenv"
     )
+
+
+def test_the_default_target_is_the_runtime_and_the_emulators_are_a_target_of_their_own() -> None:
+    """A plain build makes the small runtime image; only `--target emulators` adds devtools/."""
+    text = DOCKERFILE.read_text()
+    names = stage_names(text)
+    assert max(names.values()) == names["runtime"], "the last stage is what `docker build` makes"
+
+    def venv_from(target: str) -> str:
+        copy = next(
+            i.args for i in image_of(text, target) if i.keyword == "COPY" and "/opt/venv" in i.args
+        )
+        return copy.split()[0].removeprefix("--from=")
+
+    assert venv_from("runtime") == "builder"
+    assert venv_from("emulators") == "devtools-builder"
+    builder = [i.args for i in instructions(text) if i.stage == names["builder"]]
+    assert not [a for a in builder if "devtools" in a], "the runtime's venv has no dev tools"
+    devtools = [i.args for i in instructions(text) if i.stage == names["devtools-builder"]]
+    assert any("pip install" in a and "./devtools" in a for a in devtools)
+    assert parent(text, names["devtools-builder"]) == "builder"
+    emulators = image_of(text, "emulators")
+    assert exec_form(one(emulators, "CMD").args)[:2] == ["emulate", "buildingminds"]
 
 
 def test_runs_as_a_numeric_non_root_user() -> None:
@@ -282,7 +347,10 @@ def probes() -> list[tuple[str, str]]:
     dockerfile = exec_form(
         one(final_stage(DOCKERFILE.read_text()), "HEALTHCHECK").args.partition("CMD ")[2]
     )
-    found = [("Dockerfile", dockerfile[2])]
+    emulators = exec_form(
+        one(image_of(DOCKERFILE.read_text(), "emulators"), "HEALTHCHECK").args.partition("CMD ")[2]
+    )
+    found = [("Dockerfile", dockerfile[2]), ("Dockerfile-emulators", emulators[2])]
     for name, spec in compose()["services"].items():
         test = spec.get("healthcheck", {}).get("test", [])
         if test[:3] == ["CMD", "python", "-c"]:
@@ -308,13 +376,18 @@ def test_images_are_pinned_and_ours_are_built_from_the_dockerfile() -> None:
     for name in ("prometheus", "grafana"):
         image = service(name)["image"]
         assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+", image), f"{name}: pin {image}"
-    images = set()
+    targets = {}
     for name in OUR_IMAGE_SERVICES:
         build = service(name)["build"]
         assert build["context"] == "."
         assert (ROOT / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
-        images.add(service(name)["image"])
-    assert len(images) == 1, "one image for the connector, the emulator and the producer"
+        assert build["target"] in stage_names(DOCKERFILE.read_text()), build["target"]
+        targets[name] = (build["target"], service(name)["image"])
+    # the emulators are dev tools: only the emulator's image has them
+    assert targets["emulator"][0] == "emulators"
+    assert targets["connector"] == targets["producer"]
+    assert targets["connector"][0] == "runtime"
+    assert targets["emulator"][1] != targets["connector"][1], "two images, two names"
 
 
 def test_commands() -> None:
@@ -400,6 +473,7 @@ def test_compose_config_loads_and_points_at_the_compose_services() -> None:
     )
     assert settings.sink.client_id == "demo-client"
     assert settings.sink.client_secret.get_secret_value() == "demo-secret"
+    assert isinstance(settings.sink, BuildingMindsSinkSettings)
     assert settings.sink.scope == "api://buildingminds-emulator"
     emulator_port = service("emulator")["command"][-1]
     for url in (settings.sink.base_url, settings.sink.token_url):
@@ -444,3 +518,31 @@ def test_grafana_is_provisioned_and_open_to_anonymous_viewers() -> None:
     url = urlsplit(datasource["url"])
     assert url.hostname == "prometheus"
     assert url.port in published("prometheus")
+
+
+# ---------------------------------------------------------------- tools/image, without an engine
+def test_without_an_engine_the_build_says_what_to_install(tmp_path: Path) -> None:
+    """No docker, no podman on PATH: exit 3 and the packages to install, not a stack trace."""
+    for tool in ("bash", "env", "dirname"):  # what the scripts need before they look
+        found = shutil.which(tool)
+        assert found
+        (tmp_path / tool).symlink_to(found)
+    for script in ("engine", "build"):
+        done = subprocess.run(
+            ["/bin/bash", str(ROOT / "tools" / "image" / script), "--name"]
+            if script == "engine"
+            else ["/bin/bash", str(ROOT / "tools" / "image" / script)],
+            capture_output=True, text=True, check=False, timeout=60,
+            env={"PATH": str(tmp_path), "HOME": str(tmp_path)},
+        )  # fmt: skip
+        assert done.returncode == 3, (script, done.stdout, done.stderr)
+        assert "apt-get install podman runc debootstrap" in done.stderr, done.stderr
+
+
+def test_the_build_refuses_an_unknown_target() -> None:
+    done = subprocess.run(
+        ["/bin/bash", str(ROOT / "tools" / "image" / "build"), "--target", "everything"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--target is runtime or emulators, not everything" in done.stderr
