@@ -29,8 +29,10 @@ import anyio
 import orjson
 import yaml
 
+from bench.load import LOAD_SCENARIOS
 from bench.procs import Child
-from bench.scenarios import SCENARIOS, Context, Result
+from bench.scenarios import SCENARIOS as BACKLOG_SCENARIOS
+from bench.scenarios import Context, Result
 from bench.services import BenchError, Kafka
 from connector.errors import BrokerUnavailable
 from twin_devtools.devbroker import ExternalBroker, LocalBroker, find_or_start_broker, local_broker
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 _T0 = time.monotonic()
+SCENARIOS = {**BACKLOG_SCENARIOS, **LOAD_SCENARIOS}
 
 
 def say(text: str) -> None:
@@ -80,7 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="smaller and shorter runs (a few minutes in all)"
     )
     parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply event counts and durations (e.g. 0.1 for a quick iteration)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path("bench-report.json"), help="JSON report path"
+    )
+    parser.add_argument(
+        "--charts",
+        type=Path,
+        default=Path("bench-charts"),
+        help="where each load scenario's SVG chart goes (default: bench-charts/)",
     )
     parser.add_argument(
         "--workdir",
@@ -136,7 +151,7 @@ async def run_scenarios(args: argparse.Namespace, bootstrap: str, workdir: Path)
         ctx = Context(
             bootstrap=bootstrap, workdir=workdir, kafka=Kafka(bootstrap), http=http, say=say,
             quick=args.quick, profile=args.profile, overrides=list(args.set),
-            drain_wait=args.drain_wait,
+            drain_wait=args.drain_wait, scale=args.scale, charts=args.charts,
         )  # fmt: skip
         for name in names:
             say(f"== {name}{' (quick)' if args.quick else ''} ==")

@@ -99,6 +99,8 @@ class Context:
     profile: bool = False
     overrides: list[tuple[str, Any]] = field(default_factory=list)  # --set KEY=VALUE
     drain_wait: float = 45.0  # after SIGTERM, before the second one (budget-bound backlogs)
+    scale: float = 1.0  # sizes and durations of a run (--scale), for quicker iterations
+    charts: Path | None = None  # where load scenarios write their SVG (None: the workdir)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
     def names(self, scenario: str) -> tuple[str, str]:
@@ -184,9 +186,11 @@ async def _backlog(
 
 @contextlib.asynccontextmanager
 async def _emulator(
-    ctx: Context, name: str, rate_limit: tuple[int, float]
+    ctx: Context, name: str, rate_limit: tuple[int, float], *, processing_delay: float = 0.0
 ) -> AsyncIterator[EmulatorProcess]:
-    emu = EmulatorProcess(ctx.workdir, name, ctx.http, rate_limit=rate_limit)
+    emu = EmulatorProcess(
+        ctx.workdir, name, ctx.http, rate_limit=rate_limit, processing_delay=processing_delay
+    )
     try:
         await emu.start()
         ctx.say(f"[{name}] emulator at {emu.url} (rate limit {rate_limit[0]}/{rate_limit[1]:g} s)")
@@ -320,30 +324,44 @@ async def throughput_tracked(ctx: Context) -> Result:
     return await _throughput(ctx, "throughput-tracked", tracked=True)
 
 
+async def throughput_accepted(ctx: Context) -> Result:
+    """The same backlog with tracking on and `commit_on: accepted` (records finish on the 200;
+    an ID still stays in flight until its batch is terminal)."""
+    return await _throughput(ctx, "throughput-accepted", tracked=True, commit_on="accepted")
+
+
 async def throughput_mapped(ctx: Context) -> Result:
     """The same backlog as Debezium envelopes of a CAFM table, mapped to Buildings (ten
     fields, one date conversion) by a config mapping: the cost of mapping beside `throughput`."""
     return await _throughput(ctx, "throughput-mapped", tracked=False, mapped=True)
 
 
-async def _throughput(ctx: Context, name: str, *, tracked: bool, mapped: bool = False) -> Result:
-    """A coalescing backlog against an unconstrained budget: events/s, CPU, memory."""
+async def _throughput(
+    ctx: Context, name: str, *, tracked: bool, mapped: bool = False, commit_on: str | None = None
+) -> Result:
+    """A coalescing backlog against an unconstrained budget: events/s, CPU, memory. The
+    platform takes 0.2 s to process a batch (`--processing-delay`)."""
     events, ids = (100_000, 2_000) if ctx.quick else (1_000_000, 20_000)
+    events, ids = max(int(events * ctx.scale), 1000), max(int(ids * ctx.scale), 100)
+    processing = 0.2
     result = Result(name)
     result.metrics.update(
         events=events, ids=ids, max_records=500, commit_interval_seconds=0.5,
-        tracking="default (enabled)" if tracked else "disabled",
+        tracking=f"enabled, commit_on {commit_on or 'completed'}" if tracked else "disabled",
         input="Debezium envelopes + a 10-field mapping" if mapped else "native records",
+        platform_processing_seconds=processing,
     )  # fmt: skip
     topic, group = ctx.names(name)
     await ctx.kafka.create_topics(topic, f"{topic}.dlq")
     await _backlog(ctx, name, topic, events, ids, debezium=mapped)
     extra: dict[str, Any] = {} if tracked else {"tracking": {"enabled": False}}
+    if commit_on is not None:
+        extra["tracking"] = {"commit_on": commit_on}
     if mapped:
         extra["mappings"] = [{"topic": topic, **BUILDING_MAPPING}]
     end = await ctx.kafka.end_offsets(topic)
     unlimited = (1_000_000, 1.0)
-    async with _emulator(ctx, name, unlimited) as emu:
+    async with _emulator(ctx, name, unlimited, processing_delay=processing) as emu:
         settings = connector_settings(
             bootstrap=ctx.bootstrap, topic=topic, group=group, emulator=emu,
             overrides=ctx.overrides,
@@ -811,6 +829,7 @@ async def memory(ctx: Context) -> Result:
 SCENARIOS: dict[str, Callable[[Context], Awaitable[Result]]] = {
     "throughput": throughput,
     "throughput-tracked": throughput_tracked,
+    "throughput-accepted": throughput_accepted,
     "throughput-mapped": throughput_mapped,
     "budget": budget,
     "latency": latency,

@@ -15,17 +15,29 @@ from __future__ import annotations
 import math
 import random
 import time
+import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import TypeAlias, TypeVar
+from typing import NamedTuple, TypeAlias, TypeVar
 
 import anyio
 import anyio.lowlevel
 
-__all__ = ["Backoff", "Clock", "RollingWindowLimiter", "Sleep", "retry_after_seconds"]
+__all__ = [
+    "Backoff",
+    "BudgetShare",
+    "Clock",
+    "JitterGuard",
+    "RollingWindowLimiter",
+    "Sleep",
+    "retry_after_seconds",
+]
+
+HANDOVER_VERSION = "rl1"
+HANDOVER_MAX_CHARS = 3500  # Kafka's offset.metadata.max.bytes is 4096 by default
 
 Clock: TypeAlias = Callable[[], float]
 """Monotonic seconds."""
@@ -52,16 +64,28 @@ class RollingWindowLimiter:
         *,
         clock: Clock = time.monotonic,
         sleep: Sleep = anyio.sleep,
+        guard: JitterGuard | None = None,
+        wall: Clock = time.time,
     ) -> None:
-        """Raises `ValueError` for a negative `requests` or a `per_seconds` that is not > 0."""
+        """Raises `ValueError` for a negative `requests` or a `per_seconds` that is not > 0.
+
+        With a `guard`, the window this limiter keeps is `per_seconds` + `guard.seconds`
+        (measured, see `JitterGuard`); without one it is exactly `per_seconds`. `wall` is
+        Unix time, used only to date a hand-over (`handover`, `take_over`).
+        """
         if not per_seconds > 0 or not math.isfinite(per_seconds):
             raise ValueError(f"per_seconds must be a finite number > 0, got {per_seconds!r}")
         self._capacity = _check_capacity(requests)
-        self._per = float(per_seconds)
+        self._budget_per = float(per_seconds)
+        self._guard = guard
+        self._per = self._budget_per + (guard.seconds if guard is not None else 0.0)
         self._clock = clock
+        self._wall = wall
         self._sleep = sleep
         self._starts: deque[float] = deque()
         self._blocked_until = -math.inf
+        self._assumed_at: float | None = None  # when `assume_recent_use` filled the log
+        self._writer = uuid.uuid4().hex[:12]  # names this process's hand-overs
         # Held by the one waiter at the head of the queue while it sleeps; anyio's Lock hands
         # ownership over in FIFO order, which is what makes waiting fair.
         self._queue = anyio.Lock()
@@ -73,10 +97,44 @@ class RollingWindowLimiter:
         """The number of starts allowed in any window right now."""
         return self._capacity
 
+    @classmethod
+    def for_budget(
+        cls,
+        requests: int,
+        per_seconds: float,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
+        wall: Clock = time.time,
+    ) -> RollingWindowLimiter:
+        """A limiter for one platform budget: a measured `JitterGuard` instead of a flat
+        margin, pacing from the start (`assume_recent_use`) until a `take_over` says more."""
+        # until measured, the flat margin of old; measured, up to 5 % of the window (a
+        # saturated host can delay a granted request by a second or more)
+        margin = per_seconds * 0.01 + 0.05
+        guard = JitterGuard(initial=margin, ceiling=max(margin, per_seconds * 0.05))
+        limiter = cls(requests, per_seconds, clock=clock, sleep=sleep, guard=guard, wall=wall)
+        limiter.assume_recent_use()
+        return limiter
+
     @property
     def per_seconds(self) -> float:
-        """The length of the rolling window, in seconds."""
+        """The length of the rolling window this limiter keeps, in seconds (the budget's
+        window plus the guard in force)."""
         return self._per
+
+    @property
+    def budget_seconds(self) -> float:
+        """The platform's window, without the guard."""
+        return self._budget_per
+
+    def observe(self, seconds: float) -> None:
+        """One request took `seconds` from its slot to its answer: feeds the guard (if any).
+
+        Call it for every request that took a slot, whatever its answer."""
+        if self._guard is not None:
+            self._guard.observe(seconds)
+            self._per = self._budget_per + self._guard.seconds
 
     async def acquire(self) -> float:
         """Wait until a slot is free, record the start, and return the seconds waited.
@@ -138,6 +196,70 @@ class RollingWindowLimiter:
             return
         now, per, n = self._clock(), self._per, self._capacity
         self._starts.extend(now - per + per * (i + 1) / n for i in range(n))
+        self._assumed_at = now
+
+    # ---------------------------------------------------------------- hand-over
+    def handover(self, *, final: bool = True) -> str:
+        """The start times of this limiter's requests still in the window, for a successor.
+
+        Written by a process that stops into the metadata of its final offset commit
+        (`final=True`); `final=False` marks a commit of a process that keeps running, so a
+        successor that finds it knows its predecessor did not stop cleanly. The text is
+        `rl1;<writer>;<f|r>;<unix time>;<window s>;<age ms>,<age ms>,...` and stays within
+        `HANDOVER_MAX_CHARS` (the oldest starts are replaced by an "unknown" mark when it
+        would not, which a successor treats as no hand-over).
+        """
+        now = self._clock()
+        self._prune(now)
+        # the time rounded up and the ages down: a start is never taken for older than it is
+        ages = ",".join(str(int((now - s) * 1000)) for s in reversed(self._starts))
+        head = (
+            f"{HANDOVER_VERSION};{self._writer};{'f' if final else 'r'};"
+            f"{math.ceil(self._wall() * 1000) / 1000:.3f};{self._per:g};"
+        )
+        if len(head) + len(ages) > HANDOVER_MAX_CHARS:
+            return head + "?"
+        return head + ages
+
+    def take_over(self, metadata: str | Iterable[str | None] | None, share: float = 1.0) -> bool:
+        """Replace the even assumption (`assume_recent_use`) by what predecessors handed over.
+
+        `metadata`: the commit metadata of the partitions this process was assigned (one text
+        or several; None or empty for a partition without). The newest hand-over decides:
+        it must be final (a "running" mark means its writer crashed after that commit), and
+        every other hand-over written within one window before it is added to it (replicas
+        that stopped together: their sum is what the platform counted). Older ones are
+        ignored (their starts had aged out when the newest was written, and its writer had
+        counted them). Nothing is taken when a text cannot be read, or when this replica does
+        not hold the whole budget (`share` < 1: `BudgetShare` starts it from zero and grows
+        it after a window, which keeps the sum of the replicas within the budget).
+        Starts this limiter granted since the assumption are kept. Returns True when a
+        hand-over was taken.
+        """
+        texts = [metadata] if isinstance(metadata, str) or metadata is None else list(metadata)
+        present = list(dict.fromkeys(t for t in texts if t))  # every partition has a copy
+        if share < 1 or not present:
+            return False
+        parsed = [_parse_handover(t) for t in present]
+        handovers = [h for h in parsed if h is not None]
+        if len(handovers) != len(parsed):
+            return False
+        newest = max(h.written for h in handovers)
+        recent = [h for h in handovers if h.written > newest - self._per]
+        if not all(h.final and h.ages is not None for h in recent):
+            return False
+        if self._guard is not None:  # the predecessor's jitter, for as long as it is unknown
+            self._guard.carry(max(h.window for h in recent) - self._budget_per)
+            self._per = self._budget_per + self._guard.seconds
+        now, wall = self._clock(), self._wall()
+        handed: list[float] = []
+        for h in recent:
+            since = max(wall - h.written, 0.0)  # a clock behind the writer's: no younger
+            handed.extend(now - since - age for age in h.ages or ())
+        own = [s for s in self._starts if self._assumed_at is None or s > self._assumed_at]
+        self._starts = deque(sorted(s for s in (*handed, *own) if s + self._per > now))
+        self._assumed_at = None
+        return True
 
     def block_for(self, seconds: float) -> None:
         """Grant no slot until `seconds` from now, e.g. after a 429 with `Retry-After`.
@@ -181,10 +303,101 @@ class RollingWindowLimiter:
             self._wake = None
 
 
+class _Handover(NamedTuple):
+    writer: str
+    final: bool
+    written: float  # Unix time
+    window: float  # the writer's window, its guard included
+    ages: tuple[float, ...] | None  # seconds before `written`; None: too many to write
+
+
+def _parse_handover(text: str) -> _Handover | None:
+    """A hand-over written by `RollingWindowLimiter.handover`, or None if `text` is none."""
+    parts = text.split(";")
+    if len(parts) != 6 or parts[0] != HANDOVER_VERSION or parts[2] not in ("f", "r"):
+        return None
+    try:
+        written, window = float(parts[3]), float(parts[4])
+        ages = None if parts[5] == "?" else tuple(
+            int(a) / 1000 for a in parts[5].split(",") if a
+        )  # fmt: skip
+    except ValueError:
+        return None
+    if not (math.isfinite(written) and 0 < window < math.inf) or (
+        ages is not None and any(a < 0 for a in ages)
+    ):
+        return None
+    return _Handover(parts[1], parts[2] == "f", written, window, ages)
+
+
 def _check_capacity(requests: int) -> int:
     if requests < 0:
         raise ValueError(f"requests must be >= 0, got {requests!r}")
     return int(requests)
+
+
+class JitterGuard:
+    """How much wider than the platform's window the limiter's own must be, measured.
+
+    A request starts here a little before the platform counts it, and that delay varies
+    (network, the event loop, the platform's own front door): two starts `g` apart here can
+    arrive `g - spread` apart there, where `spread` is the largest minus the smallest delay.
+    The request's whole duration, from the slot's grant to the answer, bounds its one-way
+    delay from above, so the spread of the last `samples` durations bounds the spread of the
+    delays. The guard is that spread plus `floor` (clock granularity), never more than
+    `ceiling`; until `min_samples` requests were measured it is `initial` (default: the
+    ceiling). A guard handed over by a predecessor (`carry`) holds as a minimum until
+    `samples` requests of this process were measured.
+    """
+
+    def __init__(
+        self,
+        *,
+        ceiling: float,
+        floor: float = 0.02,
+        samples: int = 100,
+        min_samples: int = 5,
+        initial: float | None = None,
+    ) -> None:
+        """Raises `ValueError` unless 0 <= floor <= initial <= ceiling and samples >=
+        min_samples >= 1."""
+        first = ceiling if initial is None else initial
+        if not (0 <= floor <= first <= ceiling < math.inf) or not 1 <= min_samples <= samples:
+            raise ValueError(
+                f"JitterGuard needs 0 <= floor <= initial <= ceiling and 1 <= min_samples <= "
+                f"samples, got {floor}, {first}, {ceiling}, {min_samples}, {samples}"
+            )
+        self.ceiling = ceiling
+        self.floor = floor
+        self.min_samples = min_samples
+        self._durations: deque[float] = deque(maxlen=samples)
+        self._measured = first
+        self._carried = 0.0
+        self._carried_for = 0  # observations the carried guard still holds for
+        self.seconds = first
+
+    def carry(self, seconds: float) -> None:
+        """A predecessor's guard: hold at least `seconds` (within the ceiling) until this
+        process has measured a full sample of its own."""
+        if 0 <= seconds < math.inf:
+            self._carried = max(self._carried, min(seconds, self.ceiling))
+            self._carried_for = self._durations.maxlen or 0
+            self._update()
+
+    def _update(self) -> None:
+        carried = self._carried if self._carried_for > 0 else 0.0
+        self.seconds = max(self._measured, carried)
+
+    def observe(self, seconds: float) -> None:
+        """One request's duration, slot to answer; NaN, infinite and negative are ignored."""
+        if not (0 <= seconds < math.inf):
+            return
+        self._durations.append(seconds)
+        self._carried_for = max(self._carried_for - 1, 0)
+        if len(self._durations) >= self.min_samples:
+            spread = max(self._durations) - min(self._durations)
+            self._measured = min(self.ceiling, self.floor + spread)
+        self._update()
 
 
 @dataclass(frozen=True)

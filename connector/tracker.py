@@ -21,9 +21,21 @@ Resubmitting and GeoCodingSuccessful are in progress; New with missing dependenc
 "waiting for parent", reported (not dead-lettered) once the patience runs out, and then
 counted as finished: the platform holds the record and links it when the parent arrives.
 
+When to poll (the batches set the pace, not a clock): each tracked batch is due for a look
+when it can be expected terminal, `accepted_at` + the platform's processing time as the polls
+have seen it (an average of the midpoints between the last look that found a batch in progress
+and the first that found it terminal). One listing answers for every tracked batch, so a poll
+is made as soon as the earliest batch is due, at most one per `min_poll_gap`. A batch found
+still in progress is looked at again after the rest of the expected time or a quarter of its
+age, whichever is longer, and never later than `poll_interval` (the old clock, now the
+longest gap).
+
 Budget: polls take their slots from the same rolling-window limiter as submissions. While
 submissions wait (`submissions_waiting()`), polls may use at most `max_poll_share` of the
-window; otherwise they may use whatever is spare.
+window; and when, besides, the limiter has no more than `reserve` slots left (the budget is
+the bottleneck), polls are made only when a pending record waits for a tracked batch
+(`blocking()`) or `poll_interval` has passed since the last. Otherwise polls may use whatever
+is spare, keeping `reserve` slots free for the next submission (the latency promise).
 
 Must not: finish a record itself. It reports each batch's outcome once to `on_terminal`, and
 the pipeline dead-letters and commits.
@@ -32,6 +44,7 @@ the pipeline dead-letters and commits.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -103,6 +116,8 @@ class _Tracked:
     resubmissions: int = 0  # how often its records were sent again after a lost batch
     reported_waiting: bool = False
     positions: dict[str, int] | None = None  # external ID -> index, built on first need
+    next_look: float = 0.0  # when a poll is worth making for it
+    in_progress_at: float = 0.0  # its age at the last look that found it in progress
 
 
 class Tracker:
@@ -121,7 +136,17 @@ class Tracker:
         lost_after: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
         on_poll: Callable[[str], None] | None = None,
+        blocking: Callable[[], bool] | None = None,
+        min_poll_gap: float = 0.05,
+        expected_processing: float | None = None,
+        reserve: int | None = None,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
     ) -> None:
+        """`blocking()`: whether a pending record waits for a tracked batch (None: assume
+        one does not, so polls follow `poll_interval` while submissions wait).
+        `expected_processing`: the first guess of the platform's processing time (default:
+        `min(1, poll_interval)`). `reserve`: limiter slots spare polls leave free (default:
+        a tenth of the capacity, at least 1). `sleep` waits on `clock`'s time line."""
         self.source = source
         self.limiter = limiter
         self.on_terminal = on_terminal
@@ -137,6 +162,14 @@ class Tracker:
         self._resubmitting: dict[int, tuple[Batch, int]] = {}
         self._polls: deque[float] = deque()  # start times of recent polls, for the share
         self._wake = anyio.Event()
+        self.blocking = blocking or (lambda: False)
+        self.min_poll_gap = min_poll_gap
+        self.expected = min(1.0, poll_interval) if expected_processing is None else (
+            expected_processing
+        )  # fmt: skip
+        self.reserve = reserve
+        self.sleep = sleep
+        self._last_poll = -math.inf
 
     @property
     def tracked(self) -> int:
@@ -148,9 +181,45 @@ class Tracker:
         held = self._resubmitting.pop(id(batch), None)
         resubmissions = held[1] if held is not None and held[0] is batch else 0
         self._tracked[batch_id] = _Tracked(
-            batch_id, batch, now, skip, last_seen=now, resubmissions=resubmissions
-        )
+            batch_id, batch, now, skip, last_seen=now, resubmissions=resubmissions,
+            next_look=now + self.expected,
+        )  # fmt: skip
         self._wake.set()
+
+    def poke(self) -> None:
+        """Look again at when to poll now (e.g. submissions stopped waiting)."""
+        self._wake.set()
+
+    def next_poll_at(self) -> float | None:
+        """When, on the clock, the next poll is worth making (None: nothing is tracked)."""
+        if not self._tracked:
+            return None
+        due = min(t.next_look for t in self._tracked.values())
+        earliest = self._last_poll + self.min_poll_gap
+        if self._budget_bound() and not self.blocking():
+            # the budget is the bottleneck and no record waits for a status: the old clock
+            earliest = max(earliest, self._last_poll + self.poll_interval)
+        return max(due, earliest)
+
+    def _reserve(self) -> int:
+        capacity = self.limiter.capacity
+        return max(1, capacity // 10) if self.reserve is None else self.reserve
+
+    def _budget_bound(self) -> bool:
+        """Submissions wait and the limiter has no more than the reserve left."""
+        return self.submissions_waiting() and self.limiter.available() <= self._reserve()
+
+    def _learn(self, tracked: _Tracked, age: float) -> None:
+        """A batch seen terminal at `age`: its processing time lay between its last look in
+        progress and now; the midpoint goes into the running estimate."""
+        sample = (tracked.in_progress_at + age) / 2
+        self.expected = min(max(0.8 * self.expected + 0.2 * sample, 0.01), self.poll_interval)
+
+    def _look_again(self, tracked: _Tracked, now: float) -> None:
+        age = now - tracked.accepted_at
+        tracked.in_progress_at = age
+        wait = max(self.expected - age, age / 4, self.min_poll_gap)
+        tracked.next_look = now + min(wait, self.poll_interval)
 
     def resubmitting(self, batch: Batch, resubmissions: int) -> None:
         """`batch` holds records of a lost batch, sent again for the `resubmissions`th time.
@@ -169,34 +238,37 @@ class Tracker:
     async def _take_slot(self) -> None:
         """A limiter slot for one poll, within the share while submissions wait."""
         window = self.limiter.per_seconds
+        capacity = self.limiter.capacity
+        reserve = self._reserve()
         while True:
             now = self.clock()
             while self._polls and self._polls[0] + window <= now:
                 self._polls.popleft()
-            within_share = len(self._polls) < max(
-                1, int(self.limiter.capacity * self.max_poll_share)
-            )
-            if within_share or not self.submissions_waiting():
-                if within_share:
-                    await self.limiter.acquire()
-                    break
-                if self.limiter.try_acquire():
-                    break
-            await anyio.sleep(min(self.poll_interval, 1.0))
+            within_share = len(self._polls) < max(1, int(capacity * self.max_poll_share))
+            if within_share:
+                await self.limiter.acquire()
+                break
+            spare = self.limiter.available() > reserve
+            if not self.submissions_waiting() and spare and self.limiter.try_acquire():
+                break
+            await self.sleep(min(self.poll_interval, 0.25))
         self._polls.append(self.clock())
 
     async def _call(self, func: Callable[[], Awaitable[Any]]) -> Any:
         """One poll request, within the budget; its outcome is counted."""
         await self._take_slot()
+        started = self.clock()
         try:
             result = await func()
         except RateLimited as exc:
+            self.limiter.observe(self.clock() - started)
             self.limiter.block_for(exc.retry_after or 60.0)
             self.on_poll("rate_limited")
             raise
         except (ApiError, AuthError):
             self.on_poll("error")
             raise
+        self.limiter.observe(self.clock() - started)
         self.on_poll("success")
         return result
 
@@ -204,37 +276,44 @@ class Tracker:
     async def run(self) -> None:
         """Poll until cancelled. Errors of one round are logged; the next round tries again."""
         while True:
-            if not self._tracked:
-                self._wake = anyio.Event()
+            self._wake = anyio.Event()
+            when = self.next_poll_at()
+            if when is None:
                 await self._wake.wait()
-            await anyio.sleep(self.poll_interval)
+                continue
+            if (wait := when - self.clock()) > 0:
+                with anyio.move_on_after(wait):
+                    await self._wake.wait()
+                continue  # something changed, or the time came: decide again
             try:
                 await self.poll_once()
             except (ApiError, AuthError) as exc:
                 log.warning(
                     "status poll failed (%s); trying again in %.0f s", exc, self.poll_interval
                 )
+                await self.sleep(self.poll_interval)
 
     async def poll_once(self) -> None:
         """One round: list recent batches, look up the missing ones by ID, settle those that
         are terminal, report those lost."""
+        self._last_poll = self.clock()
         counts, asked = await self._status_counts()
         await self._look_up_missing(counts, asked)
         now = self.clock()
         for batch_id, tracked in list(self._tracked.items()):
             statuses = counts.get(batch_id)
             if statuses is None:
-                # not listed yet (eventual consistency), or forgotten: lost once unseen for
-                # long enough, and only right after a lookup by ID found nothing
-                if batch_id in asked and now - tracked.last_seen >= self.lost_after:
-                    await self._lost(tracked, now)
+                await self._unlisted(tracked, looked_up=batch_id in asked, now=now)
                 continue
             tracked.last_seen = now
             in_progress = sum(n for s, n in statuses.items() if s not in SUCCEEDED | FAILED)
             failing = [s for s, n in statuses.items() if s in FAILED and n]
             outcome = Outcome(statuses=dict(statuses))
             if in_progress:
-                if now - tracked.accepted_at < self.parent_patience:
+                due = tracked.next_look <= now
+                if due:
+                    self._look_again(tracked, now)
+                if not due or now - tracked.accepted_at < self.parent_patience:
                     continue
                 waiting = await self._waiting(tracked)
                 if len(waiting) < in_progress:
@@ -248,6 +327,8 @@ class Tracker:
                         batch_id, len(waiting), self.parent_patience,
                         extra={"batch_id": batch_id, "endpoint": tracked.batch.entity.endpoint},
                     )  # fmt: skip
+            else:
+                self._learn(tracked, now - tracked.accepted_at)
             for status in failing:
                 inbound = functools.partial(self.source.inbound, batch_id, status=status)
                 for item in await self._call(inbound):
@@ -257,6 +338,14 @@ class Tracker:
                         outcome.failed[index] = (status, str(message))
             del self._tracked[batch_id]
             await self.on_terminal(tracked.batch, batch_id, outcome)
+
+    async def _unlisted(self, tracked: _Tracked, *, looked_up: bool, now: float) -> None:
+        """Not listed yet (eventual consistency), or forgotten: lost once unseen for long
+        enough, and only right after a lookup by ID found nothing."""
+        if looked_up and now - tracked.last_seen >= self.lost_after:
+            await self._lost(tracked, now)
+        elif tracked.next_look <= now:
+            self._look_again(tracked, now)
 
     async def _lost(self, tracked: _Tracked, now: float) -> None:
         batch_id = tracked.batch_id

@@ -6,7 +6,15 @@
   is finished (`finish`), so two unfinished versions of one entity are never sent at once.
 - Closing: an endpoint is ready when its eligible records fill a request (`max_records` or
   `max_request_bytes`) or its oldest eligible record has waited `max_wait` seconds, or always
-  while draining. The oldest ready work goes first.
+  while draining.
+- Choosing (`ready`): while there are at least as many request slots as ready endpoints, the
+  oldest ready work goes first (the latency promise). When slots are scarcer than ready
+  endpoints, each slot goes where a request carries most: every endpoint with eligible
+  records competes (ready or not, as long as one is ready), by the age of its oldest eligible
+  record plus `patience` seconds for a full request (in proportion for a partial one). So a
+  slot is not spent on an endpoint whose records are mostly held while a fuller one waits,
+  and no endpoint is passed over for one whose oldest record came more than `patience`
+  seconds after its own.
 
 Must not: do I/O or sleep; the scheduler (in `app`) asks it what is ready and when to look
 again, on an injected clock.
@@ -92,11 +100,15 @@ class Window:
         max_request_bytes: int,
         max_wait: float,
         clock: Callable[[], float],
+        patience: float = 10.0,
     ) -> None:
+        """`patience`: how many seconds of waiting a full request outweighs when slots are
+        scarce (see the module docstring)."""
         self.max_records = max_records
         self.max_request_bytes = max_request_bytes
         self.max_wait = max_wait
         self.clock = clock
+        self.patience = patience
         self.draining = False
         self._queues: dict[str, _Queue] = {}
         self.pending_records = 0  # Kafka records held (coalesced ones included)
@@ -135,26 +147,44 @@ class Window:
                 return slot
         return None
 
-    def _is_ready(self, queue: _Queue, now: float) -> tuple[bool, float | None]:
-        oldest = self._oldest_eligible(queue)
-        if oldest is None:
-            return False, None
-        eligible = len(queue.pending) - queue.blocked
-        full = eligible >= self.max_records or queue.bytes >= self.max_request_bytes
-        due = oldest.since + self.max_wait
-        return full or self.draining or due <= now, oldest.since
+    @property
+    def blocked_records(self) -> int:
+        """Pending IDs held back because an earlier version of theirs is in flight."""
+        return sum(q.blocked for q in self._queues.values())
 
-    def ready(self, held: Iterable[str] = ()) -> Entity | None:
-        """The endpoint whose ready work is oldest, or None; `held` endpoints are skipped."""
+    def ready(self, held: Iterable[str] = (), slots: int | None = None) -> Entity | None:
+        """The endpoint a request should go to now, or None; `held` endpoints are skipped.
+
+        `slots`: the request slots free right now (None: as many as needed). With at least
+        as many slots as ready endpoints, the one whose ready work is oldest; otherwise the
+        one a request carries most for (module docstring)."""
         now = self.clock()
         best: tuple[float, Entity] | None = None
+        ready_count = 0
+        carry_best: tuple[float, float, Entity] | None = None
         for endpoint, queue in self._queues.items():
             if endpoint in held:
                 continue
-            ready, since = self._is_ready(queue, now)
-            if ready and since is not None and (best is None or since < best[0]):
-                best = (since, queue.entity)
-        return None if best is None else best[1]
+            oldest = self._oldest_eligible(queue)
+            if oldest is None:
+                continue
+            since = oldest.since
+            eligible = len(queue.pending) - queue.blocked
+            full = eligible >= self.max_records or queue.bytes >= self.max_request_bytes
+            if full or self.draining or since + self.max_wait <= now:
+                ready_count += 1
+                if best is None or since < best[0]:
+                    best = (since, queue.entity)
+            if slots is not None:
+                carry = 1.0 if full else eligible / self.max_records
+                rank = since - carry * self.patience  # lower goes first
+                if carry_best is None or (rank, since) < carry_best[:2]:
+                    carry_best = (rank, since, queue.entity)
+        if best is None:
+            return None
+        if slots is None or ready_count <= slots or carry_best is None:
+            return best[1]
+        return carry_best[2]
 
     def next_due(self, held: Iterable[str] = ()) -> float | None:
         """When, on the clock, the next endpoint becomes ready by age (None: nothing waits)."""
