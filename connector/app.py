@@ -1,7 +1,14 @@
-"""The app: wires source → decode → window → scheduler → sink, and owns the lifecycle.
+"""The app: wires source → decode → window → scheduler → sink, and runs them.
+
+The policies live in modules of their own: `intake` (the consumer protocol, backpressure),
+`delivery` (what a sink's error means), `offsets` (the commit watermark), `lifecycle` (the one
+state, the drain's deadline), `sessions` (clients), `health` (the HTTP endpoints), and each
+platform in its package under `sinks/` (built by the registry, `sinks.build_sink`). Nothing
+here names a platform.
 
 One task group owns every task: the consume loop, the scheduler, one task per request in
-flight, the commit loop and the signal watcher.
+flight, the commit loop, the sink's own background work (`Sink.run`: status polls) and the
+signal watcher.
 
 Start (`run_connector`): one INFO line naming the version, sink, topics and group; the
 metrics port, bound before Kafka is touched (`StartupFailed` when it is busy); Kafka, waited
@@ -13,7 +20,7 @@ record by record and each record it cannot hand over is dead-lettered by its coo
 
 Commit order (the rule everything else serves): a record's offset is finished when the platform
 accepted it, when its dead letter was acknowledged, or when a newer version of the same ID that
-stands for it finished; `OffsetTracker` commits the contiguous finished prefix, as the next
+stands for it finished; `commits.Commits` commits the contiguous finished prefix, as the next
 offset to read, on an interval, on revoke and at shutdown. Nothing else commits.
 
 Shutdown (SIGTERM, SIGINT or SIGHUP, at any moment; before the pipeline runs a signal just
@@ -28,75 +35,64 @@ Must not: block the event loop, or finish an offset before its outcome is certai
 from __future__ import annotations
 
 import contextlib
-import errno
 import signal
-import ssl
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-import aiohttp
 import anyio
-from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
-    CommitFailedError,
     CorruptRecordException,
     KafkaConnectionError,
     KafkaError,
     UnsupportedCodecError,
 )
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client import CollectorRegistry
 
 from connector import __version__
-from connector.auth import BearerAuth, ClientCredentials, TokenProvider
+from connector.commits import Commits, Rebalance
 from connector.deadletter import DeadLetter, DeadLetterLog, DeadLetterWriter
 from connector.decode import Change, Decoder, Reason, Rejection, Skip
-from connector.errors import (
-    AuthError,
-    ConnectorError,
-    CredentialsRejected,
-    EndpointMisconfigured,
-    InvalidResponse,
-    RateLimited,
-    RequestRejected,
-    ResponseTooLarge,
-    ServerError,
-    TokenEndpointUnavailable,
-    Unauthorized,
-)
+from connector.delivery import BackOff, Hold, Split, Stop, Wait, disposition
+from connector.delivery import DeadLetter as DeadLetterIt
+from connector.errors import ConnectorError
+from connector.health import STALL_SECONDS, StartupFailed, Status, bind_health
+from connector.intake import Consumer, Pressure, backpressure
 from connector.kafkarecords import install as install_tolerant_records
 from connector.kafkarecords import undecodable_header_keys
+from connector.lifecycle import Changed, Deadline, State
 from connector.logs import get_logger
 from connector.metrics import Metrics
-from connector.offsets import OffsetTracker, TopicPartitionKey
+from connector.offsets import TopicPartitionKey
 from connector.outcomes import RecordOutcome, SourceRef
-from connector.ratelimit import Backoff, BudgetShare, RollingWindowLimiter
+from connector.ratelimit import Backoff, BudgetShare
+from connector.receipts import ReceiptWriter
+from connector.schemaregistry import build_gate
+from connector.sessions import client_session, http_session, kafka_options, source_session
 from connector.signals import SIGNALS
-from connector.sinks.buildingminds import BuildingMindsSink
-from connector.sinks.buildingx import APIS as BUILDINGX_APIS
-from connector.sinks.buildingx import BuildingXSink
+from connector.sinks import build_sink
+from connector.sinks.base import SinkContext
 from connector.sources import build_source
 from connector.sources.base import Poller, SnapshotStore
-from connector.tracker import Outcome, StatusSource, Tracker
 from connector.window import Batch, Ref, Slot, Window
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from pathlib import Path
+    from collections.abc import Awaitable, Callable
 
-    from connector.config import RateLimitSettings, Settings, SourceSettings
+    from connector.config import Settings
     from connector.outcomes import OutcomeListener
     from connector.signals import EarlySignals
-    from connector.sinks.base import Sink, SubmitResult
+    from connector.sinks.base import Settlement, Sink, SubmitResult
 
 __all__ = [
+    "STALL_SECONDS",
     "Pipeline",
-    "build_sink",
+    "StartupFailed",
     "client_session",
+    "http_session",
     "kafka_options",
     "run_connector",
     "source_session",
@@ -110,51 +106,9 @@ _UNREADABLE = (CorruptRecordException, UnsupportedCodecError, UnicodeDecodeError
 STEP_LIMIT = 5000  # records read one at a time per partition after an unreadable batch
 STEP_WAIT_MS = 300  # and how long each single read waits for a fetch
 
-# retry reasons are a small fixed label set (connector_api_retries_total{reason})
-_RETRY_REASONS: dict[type[Exception], str] = {
-    InvalidResponse: "invalid_response",
-    ResponseTooLarge: "response_too_large",
-    ServerError: "server_error",
-    Unauthorized: "unauthorized",
-    TokenEndpointUnavailable: "token_unavailable",
-}
-
 
 def _source_refs(refs: list[Ref]) -> tuple[SourceRef, ...]:
     return tuple(SourceRef(r.tp.topic, r.tp.partition, r.offset, r.timestamp_ms) for r in refs)
-
-
-def _retry_reason(exc: Exception) -> str:
-    """The label of a retry: the nearest class of `exc` in `_RETRY_REASONS`."""
-    for cls in type(exc).__mro__:
-        if cls in _RETRY_REASONS:
-            return _RETRY_REASONS[cls]
-    return "other"
-
-
-def kafka_options(settings: Settings) -> dict[str, Any]:
-    """Connection options shared by the consumer and the dead-letter producer."""
-    k = settings.kafka
-    options: dict[str, Any] = {
-        "bootstrap_servers": k.bootstrap_servers,
-        "client_id": k.client_id,
-        "security_protocol": k.security_protocol,
-    }
-    if k.security_protocol in ("SSL", "SASL_SSL"):
-        # verification is on by default; the CA bundle, when given, replaces the system store
-        context = ssl.create_default_context(cafile=str(k.ssl_cafile) if k.ssl_cafile else None)
-        if k.ssl_certfile:
-            context.load_cert_chain(
-                str(k.ssl_certfile), str(k.ssl_keyfile) if k.ssl_keyfile else None
-            )
-        options["ssl_context"] = context
-    if k.security_protocol.startswith("SASL"):
-        options["sasl_mechanism"] = k.sasl_mechanism
-        options["sasl_plain_username"] = k.sasl_username
-        options["sasl_plain_password"] = (
-            k.sasl_password.get_secret_value() if k.sasl_password else None
-        )
-    return options
 
 
 @dataclass
@@ -168,20 +122,6 @@ class _Stats:
     started: float = field(default_factory=time.monotonic)
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.pipeline.partitions_revoked(
-            {TopicPartitionKey(tp.topic, tp.partition) for tp in revoked}
-        )
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        self.pipeline.partitions_assigned(len(assigned))
-        log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
-
-
 class Pipeline:
     """One running connector, built by `run_connector` (which wires its consumer, sink and
     dead-letter writer), then `await run()`."""
@@ -190,10 +130,9 @@ class Pipeline:
         self,
         settings: Settings,
         *,
-        consumer: Any,
+        consumer: Consumer,
         dead_letters: DeadLetterWriter,
         sink: Sink,
-        limiter: RollingWindowLimiter,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -201,55 +140,73 @@ class Pipeline:
         self.consumer = consumer
         self.dead_letters = dead_letters
         self.sink = sink
-        self.limiter = limiter
+        self.limiter = sink.limiter  # the budget each submission takes a slot of (or None)
         self.metrics = metrics
         self.clock = clock
+        # Avro / JSON Schema values: their schemas are fetched before a batch is decoded
+        self.schemas, cache = build_gate(settings.schema_registry, metrics=metrics, clock=clock)
         self.decoder = Decoder(
-            settings.kafka.topic_entities, settings.window.max_record_bytes, settings.mappings
-        )
+            settings.kafka.topic_entities, settings.window.max_record_bytes, settings.mappings,
+            schemas=cache,
+        )  # fmt: skip
         self.window = Window(
             max_records=settings.window.max_records,
             max_request_bytes=settings.window.max_request_bytes,
             max_wait=settings.window.max_wait_seconds,
             clock=clock,
         )
-        self.offsets = OffsetTracker()
+        self.commits = Commits(consumer, metrics, clock=clock)
+        self.offsets = self.commits.offsets
         self.rebalances = 0  # assignments received; a storm shows here
         self.heartbeat = clock()  # last turn of the consume loop, for /healthz
-        self.has_token: Callable[[], bool] = lambda: True  # set by run_connector
-        self.budget = BudgetShare(limiter, limiter.capacity, clock=clock)
-        t = settings.tracking
-        self.tracker: Tracker | None = None
-        # Building X answers synchronously: its sink is no StatusSource, so it is never tracked
-        if t.enabled and isinstance(sink, StatusSource):
-            self.tracker = Tracker(
-                sink, limiter, on_terminal=self._terminal,
-                submissions_waiting=lambda: self.window.ready(self._held) is not None,
-                poll_interval=t.poll_interval_seconds, max_poll_share=t.max_poll_share,
-                parent_patience=t.parent_patience_seconds, clock=clock, on_poll=metrics.polled,
-                lost_after=t.lost_after_seconds,
-            )  # fmt: skip
+        self.has_token: Callable[[], bool] = sink.has_token
+        # this replica's share of each of the credential's budgets, recomputed on rebalance
+        self.budgets = [BudgetShare(b, b.capacity, clock=clock) for b in sink.budgets]
         self.backoff = Backoff(
             base=settings.sink.retry_backoff_seconds, cap=settings.sink.retry_backoff_max_seconds
         )
         self.stats = _Stats()
         self.dead_letter_log = DeadLetterLog(clock=clock)
-        self.group_lost_since: float | None = None  # Kafka's group coordinator is unreachable
-        self.ready = False
-        self.draining = False
+        self.state = State.STARTING
+        self.deadline = Deadline(clock)  # of the drain; a revoke meanwhile keeps to it too
         self._held: dict[str, float] = {}  # endpoint -> clock time it may be tried again
         self._wake = anyio.Event()
         self._requests = anyio.Semaphore(settings.pipeline.max_in_flight_requests)
         self._in_flight = 0
         self._dead_letters_open = 0
+        self._unsettled = 0  # accepted batches the sink reports the terminal outcome of later
         self._paused = False
-        self._idle = anyio.Event()
+        self._changed = Changed()  # requests, dead letters or unsettled batches changed
         self.stopped = anyio.Event()
         self._drain_requested = anyio.Event()
         self._drained = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._outer: anyio.CancelScope | None = None
         self.outcomes: OutcomeListener | None = None  # told each record's final outcome
+
+    @property
+    def commit_barrier(self) -> Callable[[], Awaitable[bool]] | None:
+        """Receipts: a commit waits until those of the records it covers were written."""
+        return self.commits.barrier
+
+    @commit_barrier.setter
+    def commit_barrier(self, barrier: Callable[[], Awaitable[bool]] | None) -> None:
+        self.commits.barrier = barrier
+
+    @property
+    def group_lost_since(self) -> float | None:
+        """Since when Kafka's group coordinator is unreachable (None: it is not)."""
+        return self.commits.group_lost_since
+
+    @property
+    def ready(self) -> bool:
+        """Running and not draining (/readyz)."""
+        return self.state is State.RUNNING
+
+    @property
+    def draining(self) -> bool:
+        """A drain was asked for (`begin_drain`); stays true once stopped."""
+        return self._drain_requested.is_set()
 
     # ---------------------------------------------------------------- intake
     def _notify(self) -> None:
@@ -264,6 +221,8 @@ class Pipeline:
             except _UNREADABLE as exc:
                 await self._step_past_unreadable(exc)
                 continue
+            if self.schemas is not None:  # fetch the schemas it names; retry held partitions
+                batches = await self.schemas.admit(batches, self.consumer)
             self._take_in_all(batches)
 
     def _take_in_all(self, batches: dict[Any, list[Any]]) -> None:
@@ -318,6 +277,8 @@ class Pipeline:
                         settle = False
                         continue
                     break  # this partition's fetched data is taken in
+                if self.schemas is not None:  # a held partition is paused: the next read is empty
+                    got = await self.schemas.admit(got, self.consumer)
                 self._take_in_all(got)
 
     async def _rewind(self, tp: TopicPartition) -> None:
@@ -372,32 +333,20 @@ class Pipeline:
             self.stats.coalesced += 1
 
     def _apply_backpressure(self) -> None:
-        """Pause fetching while too much is unsent; resume below the low-water mark.
-
-        The limit counts records not yet sent: records already accepted and waiting for their
-        final status must not stall intake at a window boundary (the next window's requests
-        would go out half-empty). All held records are capped at twice the limit, so
-        confirmations that never come cannot grow memory without bound.
-        """
-        p = self.settings.pipeline
+        """Pause fetching while too much is unsent; resume below the low-water mark
+        (`intake.backpressure` decides)."""
         unsent = self.window.unsent_records + self._dead_letters_open
         held = self.window.pending_records
         pending_bytes = self.window.pending_bytes
-        over = (
-            unsent >= p.max_pending_records
-            or held >= 2 * p.max_pending_records
-            or pending_bytes >= p.max_pending_bytes
-        )
-        under = (
-            unsent < p.max_pending_records * p.resume_ratio
-            and held < 2 * p.max_pending_records * p.resume_ratio
-            and pending_bytes < p.max_pending_bytes * p.resume_ratio
-        )
-        if not self._paused and over:
+        pressure = backpressure(
+            self.settings.pipeline, paused=self._paused, unsent=unsent, held=held,
+            pending_bytes=pending_bytes,
+        )  # fmt: skip
+        if pressure is Pressure.PAUSE:
             self.consumer.pause(*self.consumer.assignment())
             self._paused = True
             log.info("paused fetching: %d unsent, %d held, %d bytes", unsent, held, pending_bytes)
-        elif self._paused and under:
+        elif pressure is Pressure.RESUME:
             self.consumer.resume(*self.consumer.assignment())
             self._paused = False
             log.info("resumed fetching: %d unsent, %d held", unsent, held)
@@ -437,9 +386,9 @@ class Pipeline:
                 self._wake = anyio.Event()
                 continue
             await self._requests.acquire()
-            waited = await self.limiter.acquire()
-            self.metrics.rate_limit_waited(waited)
-            self.metrics.set_tokens_available(self.limiter.available())
+            if self.limiter is not None:
+                self.metrics.rate_limit_waited(await self.limiter.acquire())
+                self.metrics.set_tokens_available(self.limiter.available())
             batch = self.window.take(entity)
             if batch is None:
                 self._requests.release()
@@ -460,76 +409,80 @@ class Pipeline:
             self._notify()
 
     async def _submit(self, batch: Batch, *, have_slot: bool) -> None:
-        """Send one batch until it has an outcome for every record. Never gives up on data."""
-        entity = batch.entity
-        endpoint = entity.endpoint
+        """Send one batch until it has an outcome for every record. Never gives up on data.
+
+        What a failure means is the error's own (`connector.delivery.disposition`): this is
+        one `match` on the disposition, never a look at a status or a message."""
+        endpoint = batch.entity.endpoint
         attempt = 0
         while True:
-            if not have_slot:
+            if not have_slot and self.limiter is not None:
                 self.metrics.rate_limit_waited(await self.limiter.acquire())
             have_slot = False
             started = self.clock()
-            ids = [s.change.external_id for s in batch.slots]
             try:
-                result = await self.sink.submit(endpoint, batch.body(), ids, entity.id_field)
-            except RateLimited as exc:
-                self.metrics.request(endpoint, "429")
-                self.metrics.retry("rate_limited")
-                wait = exc.retry_after if exc.retry_after is not None else 60.0
-                self.limiter.block_for(wait)
-                log.warning(
-                    "429 from /%s: waiting %.1f s", endpoint, wait, extra={"endpoint": endpoint}
-                )
-            except RequestRejected as exc:
-                self.metrics.request(endpoint, "rejected")
-                await self._rejected(batch, exc)
-                return
-            except (EndpointMisconfigured, CredentialsRejected) as exc:
-                outcome = "misconfigured" if isinstance(exc, EndpointMisconfigured) else "auth"
-                self.metrics.request(endpoint, outcome)
-                pause = self.settings.sink.misconfigured_pause_seconds
-                self._held[endpoint] = self.clock() + pause
-                log.error(  # noqa: TRY400 - the message says it all; no traceback wanted
-                    "holding /%s for %.0f s, data kept: %s", endpoint, pause, exc,
-                    extra={"endpoint": endpoint, "status": getattr(exc, "status", None)},
-                )  # fmt: skip
-                await anyio.sleep(pause)
-            except (ConnectorError, AuthError) as exc:
-                if not exc.retriable:
-                    raise
-                self.metrics.request(endpoint, "retriable_error")
-                self.metrics.retry(_retry_reason(exc))
-                delay = self.backoff.delay(attempt)
-                attempt += 1
-                log.warning(
-                    "/%s failed (%s); retry %d in %.2f s", endpoint, exc, attempt, delay,
-                    extra={"endpoint": endpoint},
-                )  # fmt: skip
-                await anyio.sleep(delay)
+                result = await self.sink.submit(batch)
+            except ConnectorError as exc:
+                what = disposition(exc, len(batch.slots))
+                match what:
+                    case Wait(seconds=wait):
+                        self.metrics.request(endpoint, "429")
+                        self.metrics.retry(what.label)
+                        self.sink.rate_limited(wait)
+                        log.warning(
+                            "429 from /%s: waiting %.1f s", endpoint, wait,
+                            extra={"endpoint": endpoint},
+                        )  # fmt: skip
+                    case Split():
+                        self.metrics.request(endpoint, "rejected")
+                        await self._split(batch, exc)
+                        return
+                    case DeadLetterIt(reason=reason):
+                        self.metrics.request(endpoint, "rejected")
+                        await self._dead_letter_slot(
+                            batch.slots[0], reason=reason, message=str(exc),
+                            status=getattr(exc, "status", None), batch_id=None,
+                            request_id=getattr(exc, "request_id", None),
+                        )  # fmt: skip
+                        self.window.finish(batch)
+                        return
+                    case Hold(outcome=outcome):
+                        self.metrics.request(endpoint, outcome)
+                        pause = self.settings.sink.misconfigured_pause_seconds
+                        self._held[endpoint] = self.clock() + pause
+                        log.error(  # noqa: TRY400 - the message says it all; no traceback wanted
+                            "holding /%s for %.0f s, data kept: %s", endpoint, pause, exc,
+                            extra={"endpoint": endpoint, "status": getattr(exc, "status", None)},
+                        )  # fmt: skip
+                        await anyio.sleep(pause)
+                    case BackOff(label=label):
+                        self.metrics.request(endpoint, "retriable_error")
+                        self.metrics.retry(label)
+                        delay = self.backoff.delay(attempt)
+                        attempt += 1
+                        log.warning(
+                            "/%s failed (%s); retry %d in %.2f s", endpoint, exc, attempt, delay,
+                            extra={"endpoint": endpoint},
+                        )  # fmt: skip
+                        await anyio.sleep(delay)
+                    case Stop():
+                        raise
             else:
                 self.metrics.batch_submitted(endpoint, len(batch.slots), self.clock() - started)
                 self.stats.requests += 1
                 await self._accepted(batch, result, self.clock() - started)
                 return
 
-    async def _rejected(self, batch: Batch, exc: RequestRejected) -> None:
-        """400 naming no record, or 413: split to isolate the bad records, within the budget."""
-        if len(batch.slots) > 1:
-            left, right = batch.split()
-            log.info(
-                "/%s rejected %d records without naming any (%s); splitting",
-                batch.entity.endpoint, len(batch.slots), exc.status,
-            )  # fmt: skip
-            await self._submit(left, have_slot=False)
-            await self._submit(right, have_slot=False)
-            return
-        (slot,) = batch.slots
-        reason = Reason.RECORD_TOO_LARGE if exc.status == 413 else Reason.API_REJECTED
-        await self._dead_letter_slot(
-            slot, reason=reason, message=str(exc), status=exc.status, batch_id=None,
-            request_id=exc.request_id,
+    async def _split(self, batch: Batch, exc: ConnectorError) -> None:
+        """A request refused without naming a record: halves, to isolate the bad records,
+        each within the budget."""
+        left, right = batch.split()
+        log.info(
+            "/%s rejected %d records without naming any (%s); splitting",
+            batch.entity.endpoint, len(batch.slots), getattr(exc, "status", None),
         )  # fmt: skip
-        self.window.finish(batch)
+        await self._submit(left, have_slot=False)
+        await self._submit(right, have_slot=False)
 
     async def _accepted(self, batch: Batch, result: SubmitResult, seconds: float) -> None:
         endpoint = batch.entity.endpoint
@@ -542,7 +495,7 @@ class Pipeline:
         now_ms = time.time() * 1000
         latencies: list[float] = []
         delivered = 0
-        tracking = self.tracker is not None and result.batch_id is not None
+        tracking = result.settles_later and result.batch_id is not None
         finish_now = not tracking or self.settings.tracking.commit_on == "accepted"
         for index, slot in enumerate(batch.slots):
             if index in failed:
@@ -554,11 +507,8 @@ class Pipeline:
             if not tracking and self.outcomes is not None:
                 self._tell(slot, "onboarded", batch_id=result.batch_id, status="accepted")
         if tracking:
-            # the IDs stay in flight until the batch is terminal: a newer version waits
-            assert self.tracker is not None  # noqa: S101 - tracking implies a tracker
-            assert result.batch_id is not None  # noqa: S101 - and a batch ID
-            self.tracker.track(result.batch_id, batch, frozenset(failed))
-            self.metrics.set_tracking(self.tracker.tracked, self.tracker.waiting_for_parent())
+            # the IDs stay in flight until the sink settles the batch: a newer version waits
+            self._unsettled += 1
         else:
             self.window.finish(batch)
         self.metrics.request(endpoint, "partial" if failed else "accepted")
@@ -577,13 +527,23 @@ class Pipeline:
             },
         )  # fmt: skip
 
-    async def _terminal(self, batch: Batch, batch_id: str, outcome: Outcome) -> None:
-        """The tracker's report: dead-letter the asynchronous failures, finish the rest.
+    # ---------------------------------------------------------------- the sink's reports
+    def submissions_waiting(self) -> bool:
+        """`Reports`: a submission is ready to go."""
+        return self.window.ready(self._held) is not None
+
+    def blocked(self) -> bool:
+        """`Reports`: a pending record waits for an unsettled batch of its ID."""
+        return self.window.blocked_records > 0
+
+    async def settled(self, batch: Batch, batch_id: str, outcome: Settlement) -> None:
+        """`Reports`: the sink's terminal report of a batch accepted with `settles_later`:
+        dead-letter the asynchronous failures, finish the rest.
 
         A lost batch's records are sent again (the platform upserts by external ID) until
         `tracking.lost_retries` re-submissions were lost too; then they are dead-lettered as
         `batch_lost`. The records it refused synchronously were dead-lettered already."""
-        assert self.tracker is not None  # noqa: S101 - only the tracker calls this
+        self._unsettled -= 1
         completed_mode = self.settings.tracking.commit_on == "completed"
         now_ms = time.time() * 1000
         lost_retries = self.settings.tracking.lost_retries
@@ -594,7 +554,6 @@ class Pipeline:
                 self.window.finish(Batch(batch.entity, refused, 0))
             size = 2 + sum(len(s.change.payload) for s in again) + len(again) - 1
             resend = Batch(batch.entity, again, size)
-            self.tracker.resubmitting(resend, outcome.resubmissions + 1)
             self.metrics.retry("batch_lost")
             self._in_flight += 1  # from now, so that a drain waits for the re-submission
             self._start(self._resubmit_lost, resend)
@@ -603,14 +562,14 @@ class Pipeline:
                 batch_id, len(again), outcome.resubmissions + 1, lost_retries,
                 extra={"endpoint": batch.entity.endpoint, "batch_id": batch_id},
             )  # fmt: skip
-            self.metrics.set_tracking(self.tracker.tracked, self.tracker.waiting_for_parent())
+            self._check_idle()
             return
         for index in outcome.lost:  # out of re-submissions
             await self._dead_letter_slot(
                 batch.slots[index], reason=Reason.BATCH_LOST,
                 message=f"the platform lost batch {batch_id} and {outcome.resubmissions} "
                 "re-submission(s) of these records: no status after "
-                f"{self.tracker.lost_after:.0f} s, not even by its ID",
+                f"{outcome.lost_for:.0f} s, not even by its ID",
                 status=None, batch_id=batch_id, request_id=None,
             )  # fmt: skip
         for index, (status, message) in outcome.failed.items():
@@ -642,7 +601,6 @@ class Pipeline:
             self.metrics.delivered(batch.entity.endpoint, settled, [])
             self.stats.delivered += settled
         self.window.finish(batch)
-        self.metrics.set_tracking(self.tracker.tracked, self.tracker.waiting_for_parent())
         self._check_idle()
         self._notify()
         log.info(
@@ -655,13 +613,11 @@ class Pipeline:
 
     async def _resubmit_lost(self, batch: Batch) -> None:
         """Send the records of a lost batch again, like the scheduler would: a request slot,
-        then the budget. `_terminal` counted it in flight already."""
-        assert self.tracker is not None  # noqa: S101 - only a lost batch comes here
+        then the budget. `settled` counted it in flight already."""
         try:
             async with self._requests:
                 await self._submit(batch, have_slot=False)
         finally:
-            self.tracker.resubmission_ended(batch)
             self._in_flight -= 1
             self._check_idle()
             self.metrics.set_in_flight(self._in_flight)
@@ -735,74 +691,30 @@ class Pipeline:
             self._check_idle()
 
     def _busy(self) -> bool:
-        tracked = self.tracker.tracked if self.tracker is not None else 0
-        return bool(self._in_flight or self._dead_letters_open or tracked)
+        return bool(self._in_flight or self._dead_letters_open or self._unsettled)
 
     def _check_idle(self) -> None:
-        if not self._busy() or not (self._in_flight or self._dead_letters_open):
-            self._idle.set()
+        """Wake every waiter (a drain, a revoke) to re-check its own condition."""
+        self._changed.notify()
 
     async def _wait_idle(self) -> None:
-        """Until no request, dead-letter write or tracked batch is open."""
-        while self._busy():
-            self._idle = anyio.Event()
-            await self._idle.wait()
+        """Until no request, dead-letter write or unsettled batch is open."""
+        await self._changed.until(lambda: not self._busy())
 
     # ---------------------------------------------------------------- commits
     async def commit(self, only: set[TopicPartitionKey] | None = None) -> None:
-        positions = self.offsets.committable(only)
-        if not positions:
-            return
-        try:
-            await self.consumer.commit(
-                {TopicPartition(tp.topic, tp.partition): pos for tp, pos in positions.items()}
-            )
-        except (CommitFailedError, KafkaError) as exc:
-            self.metrics.committed("failed")
-            log.warning("offset commit failed (%s); will retry", exc)
-            return
-        self.offsets.committed(positions)
-        self.metrics.committed("success", time.time())
+        """Commit the finished prefix (`commits.Commits.commit`)."""
+        await self.commits.commit(only)
 
     async def _commit_loop(self) -> None:
         while True:
             await anyio.sleep(self.settings.pipeline.commit_interval_seconds)
-            self.budget.tick()
+            for share in self.budgets:
+                share.tick()
             self.dead_letter_log.tick()
-            self._watch_group()
+            self.commits.watch_group(joined=self.rebalances > 0)
             await self.commit()
-            self._update_lag()
-
-    def _watch_group(self) -> None:
-        """Log the loss of the consumer group's coordinator once, and its return once.
-
-        aiokafka says nothing public about it: its coordinator forgets the node
-        (`coordinator_id` None) at the first failed heartbeat, commit or lookup, and finds it
-        again when the broker is back. /readyz is not ready meanwhile."""
-        coordinator = getattr(self.consumer, "_coordinator", None)
-        lost = (
-            self.rebalances > 0
-            and coordinator is not None
-            and getattr(coordinator, "coordinator_id", 0) is None
-        )
-        now = self.clock()
-        if lost and self.group_lost_since is None:
-            self.group_lost_since = now
-            log.warning(
-                "Kafka group coordinator lost: not ready, retrying (aiokafka's repeated lines "
-                "are rate-limited meanwhile)"
-            )
-        elif not lost and self.group_lost_since is not None:
-            log.info("Kafka group coordinator back after %.0f s", now - self.group_lost_since)
-            self.group_lost_since = None
-
-    def _update_lag(self) -> None:
-        """Lag = the log end minus the first unfinished record (what a restart would re-read)."""
-        for tp in self.consumer.assignment():
-            high = self.consumer.highwater(tp)
-            position = self.offsets.position(TopicPartitionKey(tp.topic, tp.partition))
-            if high is not None and position is not None:
-                self.metrics.set_lag(tp.topic, tp.partition, max(high - position, 0))
+            self.commits.update_lag()
 
     def partitions_assigned(self, mine: int) -> None:
         """After a rebalance: take this replica's share of the credential's budget."""
@@ -810,24 +722,26 @@ class Pipeline:
         for topic in self.settings.kafka.topics:
             total += len(self.consumer.partitions_for_topic(topic) or ())
         self.rebalances += 1
-        capacity = self.budget.assigned(mine, total)
-        log.info(
-            "request budget: %d of %d partitions -> %d requests per window now%s",
-            mine, total, capacity,
-            "" if self.budget.target(mine, total) == capacity else
-            f", {self.budget.target(mine, total)} after one window",
-        )  # fmt: skip
+        for share in self.budgets:  # one per budget of the sink's (Building X: per API)
+            capacity = share.assigned(mine, total)
+            target = share.target(mine, total)
+        if self.budgets:
+            log.info(
+                "request budget: %d of %d partitions -> %d requests per window now%s",
+                mine, total, capacity,
+                "" if target == capacity else f", {target} after one window",
+            )  # fmt: skip
 
     async def partitions_revoked(self, revoked: set[TopicPartitionKey]) -> None:
         """Called by aiokafka before a rebalance: finish requests in flight (bounded), commit.
 
         Batches still being tracked are not waited for: the next owner re-sends what is not
-        committed, and the platform's upsert makes that harmless.
+        committed, and the platform's upsert makes that harmless. During a drain the wait
+        keeps to the drain's deadline (`deadline`): a revoke never extends a shutdown.
         """
-        with anyio.move_on_after(min(10.0, self.settings.pipeline.shutdown_grace_seconds)):
-            while self._in_flight or self._dead_letters_open:
-                self._idle = anyio.Event()
-                await self._idle.wait()
+        bound = self.deadline.within(min(10.0, self.settings.pipeline.shutdown_grace_seconds))
+        with anyio.move_on_after(bound):
+            await self._changed.until(lambda: not (self._in_flight or self._dead_letters_open))
         await self.commit(revoked)
         dropped = self.window.drop_partitions(revoked)
         self.offsets.forget(revoked)
@@ -847,9 +761,11 @@ class Pipeline:
             self._outer.cancel()
 
     def begin_drain(self) -> None:
-        """Stop intake, close every pending request now, and let in-flight work finish."""
-        self.ready = False
-        self.draining = True
+        """Stop intake, close every pending request now, and let in-flight work finish
+        within `pipeline.shutdown_grace_seconds` from now (`deadline`)."""
+        if self.state in (State.STARTING, State.RUNNING):
+            self.state = State.DRAINING
+        self.deadline.start(self.settings.pipeline.shutdown_grace_seconds)
         self.window.draining = True
         self._drain_requested.set()
         self._notify()
@@ -873,15 +789,15 @@ class Pipeline:
                 self._tg = tg
                 tg.start_soon(self._commit_loop)
                 tg.start_soon(self._consume)
-                if self.tracker is not None:
-                    tg.start_soon(self.tracker.run)
-                self.ready = True
+                tg.start_soon(self.sink.run, self)
+                if self.state is State.STARTING:
+                    self.state = State.RUNNING
                 task_status.started()
                 tg.start_soon(self._schedule_then_settle)
                 await self._drain_requested.wait()
                 # the grace period bounds the whole drain: flushing what is pending, the
                 # requests in flight and the batches still being tracked
-                with anyio.move_on_after(grace) as deadline:
+                with anyio.move_on_after(self.deadline.remaining()) as deadline:
                     await self._drained.wait()
                 if deadline.cancelled_caught:
                     log.warning(
@@ -893,6 +809,7 @@ class Pipeline:
         with anyio.CancelScope(shield=True), anyio.move_on_after(10):
             await self.commit()
         self.dead_letter_log.tick(force=True)
+        self.state = State.STOPPED
         self.stopped.set()
         elapsed = time.monotonic() - self.stats.started
         log.info(
@@ -901,176 +818,6 @@ class Pipeline:
             self.stats.consumed, self.stats.delivered, self.stats.dead_lettered,
             self.stats.coalesced, self.stats.requests, elapsed,
         )  # fmt: skip
-
-
-STALL_SECONDS = 60.0  # /healthz fails when the consume loop has not turned for this long
-
-
-async def _warm_up_token(provider: TokenProvider) -> None:
-    """Get a token at start so /readyz can say "holds a token" before the first request.
-
-    Failures are only logged: the pipeline retries with backoff on its first request."""
-    try:
-        await provider.token()
-    except AuthError as exc:
-        log.error("no token at start: %s", exc)  # noqa: TRY400 - the message carries the fix
-
-
-def client_session(settings: Settings) -> aiohttp.ClientSession:
-    """The sink's plain session (TLS, timeouts, pool); the token endpoint is called through it."""
-    sink = settings.sink
-    return http_session(
-        verify=sink.tls_verify, ca_file=sink.ca_file, timeout=sink.request_timeout_seconds
-    )
-
-
-def source_session(source: SourceSettings) -> aiohttp.ClientSession:
-    """One source's plain session (its TLS and timeout); its token is added per request."""
-    return http_session(
-        verify=source.tls_verify, ca_file=source.ca_file, timeout=source.request_timeout_seconds
-    )
-
-
-def http_session(*, verify: bool, ca_file: Path | None, timeout: float) -> aiohttp.ClientSession:
-    """A session that verifies certificates (against `ca_file` when given) unless told not to.
-
-    Requests go through `connector.http.send`, which decompresses bodies itself within its
-    cap; the session never does (`auto_decompress=False`)."""
-    context: ssl.SSLContext | bool = True
-    if not verify:
-        context = False
-    elif ca_file:
-        context = ssl.create_default_context(cafile=str(ca_file))
-    connector = aiohttp.TCPConnector(ssl=context, limit=32)
-    return aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=timeout), connector=connector, auto_decompress=False
-    )
-
-
-def budget_limiter(rate: RateLimitSettings) -> RollingWindowLimiter:
-    """A limiter for one request budget, pacing from the start.
-
-    A request starts here a little before the platform counts it, and network jitter can
-    bring two starts closer there than here: a 1% (+50 ms) wider window keeps the platform's
-    count under the budget while still using about 99% of it.
-    """
-    limiter = RollingWindowLimiter(rate.requests, rate.per_seconds * 1.01 + 0.05)
-    limiter.assume_recent_use()  # a restart must not burst into a window its predecessor filled
-    return limiter
-
-
-async def build_sink(
-    settings: Settings, metrics: Metrics, session: aiohttp.ClientSession
-) -> tuple[BuildingMindsSink | BuildingXSink, TokenProvider]:
-    """The configured sink (`sink.type`) on a session that carries its token."""
-    s = settings.sink
-
-    def refreshed(outcome: str) -> None:
-        metrics.token_refreshed(outcome)
-        if outcome == "success" and provider.current is not None:
-            metrics.set_token_expiry(provider.current.expires_at_wall)
-
-    if s.type == "buildingx":  # Auth0: a JSON body with an audience
-        grant = ClientCredentials(
-            s.token_url, s.client_id, s.client_secret, audience=s.audience, as_json=True
-        )
-    else:
-        grant = ClientCredentials(s.token_url, s.client_id, s.client_secret, scope=s.token_scope)
-    provider = TokenProvider(
-        session, grant, skew_seconds=s.token_skew_seconds, on_refresh=refreshed
-    )
-    auth = BearerAuth(provider, renew_on=frozenset(s.token_renew_statuses))
-    authed = aiohttp.ClientSession(
-        timeout=session.timeout, connector=session.connector, connector_owner=False,
-        middlewares=(auth,),
-    )  # fmt: skip
-    if s.type == "buildingx":
-        assert s.partition_id is not None  # noqa: S101 - required for buildingx by the config
-        # one submission becomes several requests: the sink paces each API itself
-        sink = BuildingXSink(
-            authed, s.base_url, s.partition_id,
-            limiters={api: budget_limiter(s.rate_limit) for api in BUILDINGX_APIS},
-            point_field=s.point_field, point_ids=s.point_ids,
-            overwrite_values=s.overwrite_values, parent_wait=s.parent_wait_seconds,
-            max_retry_after=s.max_retry_after_seconds, on_wait=metrics.rate_limit_waited,
-        )  # fmt: skip
-        return sink, provider
-    return BuildingMindsSink(
-        authed, s.base_url, max_retry_after=s.max_retry_after_seconds
-    ), provider
-
-
-class StartupFailed(ConnectorError):
-    """`run` could not start; the message names the setting to change (fatal)."""
-
-
-class _Status:
-    """What the HTTP endpoints see and what a stop signal acts on, as `run` gets going.
-
-    Until the pipeline runs (`pipeline` is None) a signal cancels `starting` (waiting for
-    Kafka, connecting): nothing was consumed, so there is nothing to drain."""
-
-    def __init__(self) -> None:
-        self.pipeline: Pipeline | None = None
-        self.stop_requested = False
-        self.starting = anyio.CancelScope()
-        self.everything = anyio.CancelScope()
-
-
-async def _bind_metrics(
-    settings: Settings, registry: CollectorRegistry, status: _Status
-) -> web.AppRunner:
-    """Listen on `metrics.port` before Kafka is touched, so a busy port stops `run` at once
-    (one line naming the key) instead of after a needless group join. Returns the runner;
-    the caller cleans it up."""
-
-    async def metrics_handler(_: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
-
-    async def healthz(_: web.Request) -> web.Response:
-        """Liveness: the consume loop turned recently (it turns every 200 ms, paused or not).
-
-        Never a dependency check: a broker or API outage must not get the pod restarted, so
-        waiting for Kafka at start is healthy too."""
-        pipeline = status.pipeline
-        if pipeline is None:
-            return web.json_response({"status": "starting", "seconds_since_progress": 0})
-        stalled = pipeline.clock() - pipeline.heartbeat
-        ok = stalled < STALL_SECONDS or pipeline.draining
-        return web.json_response(
-            {"status": "ok" if ok else "stalled", "seconds_since_progress": round(stalled, 1)},
-            status=200 if ok else 503,
-        )
-
-    async def readyz(_: web.Request) -> web.Response:
-        """Readiness: joined the group (holds an assignment), the group's coordinator is
-        reachable, holds a token, not draining."""
-        pipeline = status.pipeline
-        checks = {
-            "joined": pipeline is not None and pipeline.rebalances > 0,
-            "kafka": pipeline is not None and pipeline.group_lost_since is None,
-            "token": pipeline is not None and pipeline.has_token(),
-            "not_draining": pipeline is not None and pipeline.ready and not pipeline.draining,
-        }
-        ok = all(checks.values())
-        return web.json_response({"ready": ok, **checks}, status=200 if ok else 503)
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    port = settings.metrics.port
-    try:
-        await web.TCPSite(runner, settings.metrics.host, port).start()
-    except OSError as exc:
-        await runner.cleanup()
-        what = "is in use" if exc.errno == errno.EADDRINUSE else "cannot be listened on"
-        raise StartupFailed(f"metrics.port {port} {what}: {exc.strerror or exc}") from None
-    return runner
 
 
 async def _pollers(
@@ -1158,7 +905,7 @@ def _startup_line(settings: Settings) -> None:
     )  # fmt: skip
 
 
-async def _watch_signals(status: _Status, early: EarlySignals | None) -> None:
+async def _watch_signals(status: Status, early: EarlySignals | None) -> None:
     """SIGTERM, SIGINT, SIGHUP: the first drains (or, before the pipeline runs, stops the
     start); a second stops at once. Signals that came before the loop ran count too."""
 
@@ -1206,10 +953,9 @@ async def run_connector(
     install_tolerant_records()
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry)
-    limiter = budget_limiter(settings.sink.rate_limit)
     session = client_session(settings)
     try:
-        sink, provider = await build_sink(settings, metrics, session)
+        sink = build_sink(SinkContext(settings, metrics, session))
     except BaseException:
         await session.close()
         raise
@@ -1231,29 +977,28 @@ async def run_connector(
         max_bytes=max_request_size,
     )
     pipeline = Pipeline(
-        settings, consumer=consumer, dead_letters=dead_letters, sink=sink, limiter=limiter,
+        settings, consumer=consumer, dead_letters=dead_letters, sink=sink,
         metrics=metrics,
     )  # fmt: skip
-    pipeline.has_token = lambda: provider.current is not None
-    status = _Status()
+    status = Status()
     runner = None
     try:
         # bound before Kafka is touched, and outside the task group so that a busy port
         # raises `StartupFailed` itself
         if settings.metrics.port:
-            runner = await _bind_metrics(settings, registry, status)
+            runner = await bind_health(settings, registry, status)
         with status.everything:
             async with anyio.create_task_group() as tg:
                 if handle_signals:
                     tg.start_soon(_watch_signals, status, early_signals)
                 with status.starting:
-                    consumer.subscribe(list(settings.kafka.topics), listener=_Rebalance(pipeline))
+                    consumer.subscribe(list(settings.kafka.topics), listener=Rebalance(pipeline))
                     topic_limit = await _connect(settings, producer, consumer)
                     if topic_limit is not None:
                         dead_letters.max_bytes = min(topic_limit, max_request_size)
                 if not status.starting.cancel_called:
                     await _serve(
-                        settings, pipeline, producer, provider, status=status,
+                        settings, pipeline, producer, status=status,
                         task_status=task_status,
                     )  # fmt: skip
                 tg.cancel_scope.cancel()
@@ -1263,7 +1008,7 @@ async def run_connector(
                 await runner.cleanup()
             await consumer.stop()
             await producer.stop()
-            await sink.session.close()
+            await sink.aclose()
             await session.close()
     if status.pipeline is None:
         log.info("stopped before the pipeline started")
@@ -1271,8 +1016,8 @@ async def run_connector(
 
 
 async def _serve(
-    settings: Settings, pipeline: Pipeline, producer: AIOKafkaProducer, provider: TokenProvider,
-    *, status: _Status, task_status: anyio.abc.TaskStatus[Pipeline],
+    settings: Settings, pipeline: Pipeline, producer: AIOKafkaProducer,
+    *, status: Status, task_status: anyio.abc.TaskStatus[Pipeline],
 ) -> None:  # fmt: skip
     """Run the pipeline and the sources until the pipeline has stopped."""
     # the stack (the sources' sessions) closes only after every task has ended
@@ -1280,8 +1025,12 @@ async def _serve(
         status.pipeline = pipeline  # from now on a signal drains
         if status.stop_requested:
             pipeline.begin_drain()
+        if settings.receipts.enabled:  # commits wait for receipts; the rest written at cancel
+            receipts = ReceiptWriter(producer, settings.receipts.topic)
+            pipeline.outcomes, pipeline.commit_barrier = receipts, receipts.written_up_to_now
+            tg.start_soon(receipts.run)
         await tg.start(pipeline.run)
-        tg.start_soon(_warm_up_token, provider)
+        tg.start_soon(pipeline.sink.warm_up)
         for poller in await _pollers(settings, producer, pipeline.metrics, stack):
             tg.start_soon(poller.run)
         task_status.started(pipeline)

@@ -1,7 +1,8 @@
 """The I/O of the one-shot commands: `check`, `batches` and `produce-sample`.
 
-`check` proves a configuration end to end without sending data: the sink's token from the
-token endpoint, then its read-only `GET /batch` (Building X: the partition's locations); then
+`check` proves a configuration end to end without sending data: the sink's `probe` (its
+token from the token endpoint, then one read-only request: BuildingMinds `GET /batch`,
+Building X the partition's locations); then
 every configured source's `probe()` (a token and one read-only request, nothing published);
 then Kafka: the brokers answer within `KAFKA_CHECK_SECONDS`, every configured topic and the
 dead-letter topic exist, and the consumer group's committed position and lag per topic. Each
@@ -25,21 +26,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from connector.app import build_sink, client_session, kafka_options, source_session
-from connector.errors import (
-    ApiError,
-    AuthError,
-    ConnectorError,
-    CredentialsRejected,
-    EndpointMisconfigured,
-    Unauthorized,
-)
+from connector.errors import ApiError, AuthError, ConnectorError
 from connector.metrics import Metrics
 from connector.samples import sample_events
-from connector.sinks.buildingminds import BuildingMindsSink
-from connector.sinks.buildingx import BuildingXSink
+from connector.sessions import client_session, kafka_options, source_session
+from connector.sinks import build_sink
+from connector.sinks.base import BatchHistory, SinkContext
 from connector.sources import build_source
-from connector.tracker import FAILED
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -69,20 +62,6 @@ def _quiet_logs() -> Iterator[None]:
     finally:
         for logger, handlers, propagate in saved:
             logger.handlers, logger.propagate = handlers, propagate
-
-
-def _fix_for(exc: ApiError) -> str:
-    if isinstance(exc, EndpointMisconfigured) and exc.status == 404:
-        return "check sink.base_url: the API answered 404 (no such endpoint)"
-    if isinstance(exc, EndpointMisconfigured) and exc.status == 403:
-        return (
-            "the credential is not permitted for GET /batch: ask your BuildingMinds representative"
-        )
-    if isinstance(exc, EndpointMisconfigured):
-        return f"check sink.base_url: the API answered {exc.status}"
-    if isinstance(exc, Unauthorized):
-        return "the token was refused: check that sink.scope belongs to this API (sink.base_url)"
-    return "the API is unreachable or failing; check sink.base_url and the network, then retry"
 
 
 async def run_check(settings: Settings, out: TextIO, err: TextIO, *, kafka: bool = True) -> bool:
@@ -206,144 +185,47 @@ async def _check_sources(settings: Settings, out: TextIO, err: TextIO) -> bool:
 
 
 async def _check_sink(settings: Settings, out: TextIO, err: TextIO) -> bool:
-    """True when a token was obtained and GET /batch answered 200."""
+    """True when the sink's `probe` passed (a token, one read-only request)."""
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
-    s = settings.sink
-    if s.type == "buildingminds" and not (s.scope or "").endswith("/.default"):
-        print(f"note: sink.scope has no /.default; sending {s.token_scope!r}", file=out)
     session = client_session(settings)
-    sink, provider = await build_sink(settings, Metrics(CollectorRegistry()), session)
     try:
+        sink = build_sink(SinkContext(settings, Metrics(CollectorRegistry()), session))
         try:
-            token = await provider.token()
-        except CredentialsRejected as exc:
-            # the message names the endpoint and the client ID, and says the fix
-            print(f"FAILED: {exc}", file=err)
-            if s.type == "buildingx":
-                print(f"  fix: {_buildingx_token_fix(exc)}", file=err)
-            return False
-        except AuthError as exc:
-            # unreachable, throttling or failing: the message names the endpoint already
-            print(
-                f"FAILED: {exc}\n  fix: check sink.token_url and the network; a transient "
-                "failure passes on a retry",
-                file=err,
-            )
-            return False
-        minutes = (token.expires_at_wall - time.time()) / 60
-        print(f"token: ok (expires in {minutes:.0f} min)", file=out)
-        if isinstance(sink, BuildingXSink):
-            return await _check_buildingx(sink, out, err)
-        try:
-            listing = await sink.list_batches(limit=5)
-        except ApiError as exc:
-            # the sink's message starts with the request ("GET /batch answered 404: ...")
-            print(f"FAILED: {exc}\n  fix: {_fix_for(exc)}", file=err)
-            return False
-        except AuthError as exc:
-            print(f"FAILED: GET /batch: {exc}", file=err)
-            return False
-        total = listing.get("totalCount", len(listing.get("data") or []))
-        print(f"GET /batch: ok ({total} batches visible)", file=out)
-        return True
+            return await sink.probe(out, err)
+        finally:
+            await sink.aclose()
     finally:
-        await sink.session.close()
         await session.close()
-
-
-def _buildingx_token_fix(exc: CredentialsRejected) -> str:
-    if exc.status == 403:
-        return (
-            "Auth0 refused the audience (or the client has no grant for it): set sink.audience "
-            "to the Building X API audience, https://horizon.siemens.com (the default)"
-        )
-    if exc.status == 401:
-        return (
-            "re-copy sink.client_id and sink.client_secret of the machine user from the "
-            "Building X API Manager"
-        )
-    return "check sink.token_url (the Auth0 /oauth/token URL) and the credentials"
-
-
-async def _check_buildingx(sink: BuildingXSink, out: TextIO, err: TextIO) -> bool:
-    """The read-only `GET …/locations?page[limit]=1` of the configured partition."""
-    what = f"GET /structure/partitions/{sink.partition_id}/locations"
-    try:
-        document = await sink.list_locations(limit=1)
-    except EndpointMisconfigured as exc:
-        fix = {
-            403: f"the machine user may not use partition {sink.partition_id!r}: check "
-            "sink.partition_id (the API Manager shows the machine user's partition) and its "
-            "user groups",
-            404: "check sink.base_url: it must end in /api/openness "
-            "(e.g. https://eu.buildingx.siemens.com/api/openness)",
-        }.get(exc.status or 0, f"check sink.base_url: the API answered {exc.status}")
-        print(f"FAILED: {what}: {exc}\n  fix: {fix}", file=err)
-        return False
-    except Unauthorized as exc:
-        fix = "the token was refused: check that sink.audience belongs to sink.base_url's API"
-        print(f"FAILED: {what}: {exc}\n  fix: {fix}", file=err)
-        return False
-    except (ApiError, AuthError) as exc:
-        print(f"FAILED: {what}: {exc}", file=err)
-        return False
-    found = len(document.get("data") or [])
-    more = " and more" if (document.get("links") or {}).get("next") else ""
-    print(f"{what}: ok ({found}{more} location(s) visible)", file=out)
-    return True
 
 
 async def list_batches(
     settings: Settings, limit: int, batch_id: str | None, out: TextIO, err: TextIO
 ) -> bool:
-    """`batches`: recent batches with their status counts; one batch's failed records.
-
-    Everything is read before anything is printed, so a failure prints only its `FAILED:`."""
+    """`batches`: recent batches with their status counts; one batch's failed records, for a
+    sink that settles later (`BatchHistory`). Everything is read before anything is printed,
+    so a failure prints only its `FAILED:`."""
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
 
     session = client_session(settings)
-    sink, _ = await build_sink(settings, Metrics(CollectorRegistry()), session)
     try:
-        if not isinstance(sink, BuildingMindsSink):
-            print("FAILED: batches: Building X has no batches (it answers synchronously)", file=err)
-            return False
-        with _quiet_logs():
-            listing = await sink.list_batches(limit=limit, batch_id=batch_id)
-            rows = listing.get("data") or []
-            if batch_id is not None and not any(r.get("batchId") == batch_id for r in rows):
+        sink = build_sink(SinkContext(settings, Metrics(CollectorRegistry()), session))
+        try:
+            if not isinstance(sink, BatchHistory):
                 print(
-                    f"FAILED: no batch {batch_id} is listed (GET /batch?batchId={batch_id})\n"
-                    "  fix: copy the ID from `batches` or from a log line's batch_id; the "
-                    "platform lists only its recent batches",
+                    f"FAILED: batches: sink.type {settings.sink.type} has no batches (it "
+                    "answers synchronously)",
                     file=err,
                 )
                 return False
-            failed = []
-            if batch_id is not None:
-                for status in sorted(FAILED):
-                    failed += [(status, r) for r in await sink.inbound(batch_id, status=status)]
-        print(f"{'batch':36}  {'endpoint':26}  {'created':24}  {'records':>7}  statuses", file=out)
-        for item in rows:
-            counts = item.get("statusCounts") or {}
-            statuses = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
-            endpoint = item.get("endpoint", item.get("entity", ""))
-            print(
-                f"{item.get('batchId', '')!s:36}  {endpoint!s:26}  "
-                f"{item.get('createdAt', '')!s:24}  {item.get('recordCount', '')!s:>7}  "
-                f"{statuses or item.get('status', '')}",
-                file=out,
-            )
-        for status, record in failed:
-            print(f"  {status}: {record.get('externalId')}: {record.get('message')}", file=out)
-        print(f"{len(rows)} of {listing.get('totalCount', len(rows))} batches", file=out)
-    except (ApiError, AuthError) as exc:
-        print(f"FAILED: {exc}", file=err)
-        return False
-    else:
-        return True
+            with _quiet_logs():
+                return await sink.batches(limit, batch_id, out, err)
+        except (ApiError, AuthError) as exc:
+            print(f"FAILED: {exc}", file=err)
+            return False
+        finally:
+            await sink.aclose()
     finally:
-        await sink.session.close()
         await session.close()
 
 

@@ -34,12 +34,10 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
     ValidationError,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -48,6 +46,18 @@ from connector.entities import ENTITIES, SITE_TYPES, find_entity
 from connector.errors import ConfigError
 from connector.logs import get_logger, redact, register_secret
 from connector.mapping import CompiledMapping, compile_mapping
+from connector.sections import (
+    ENV_PREFIX,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    Section,
+    env_name,
+    existing_file,
+    http_url,
+)
+from connector.sinks import SINKS, settings_models
+from connector.sinks.settings import RateLimitSettings, SinkSettings
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -64,6 +74,8 @@ __all__ = [
     "MetricsSettings",
     "PipelineSettings",
     "RateLimitSettings",
+    "ReceiptsSettings",
+    "SchemaRegistrySettings",
     "Settings",
     "SinkSettings",
     "SourceSettings",
@@ -73,38 +85,27 @@ __all__ = [
     "load_settings",
 ]
 
-ENV_PREFIX = "CONNECTOR_"
 
 # Secret keys that may instead be given as `<key>_file` (a path whose content is the secret).
 SECRET_FILE_KEYS: tuple[tuple[str, ...], ...] = (
     ("sink", "client_secret"),
     ("kafka", "sasl_password"),
+    ("schema_registry", "password"),
+    ("schema_registry", "token"),
 )
 # The same, in each item of `sources`.
 SOURCE_SECRET_KEYS: tuple[str, ...] = ("client_secret", "password")
 
-PositiveInt = Annotated[int, Field(gt=0)]
-# Seconds: finite (YAML's .inf would make a timeout that never fires, a pause that never ends).
-PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-
 log = get_logger(__name__)
 
 
+# The building blocks are shared with the sink packages' own sections (connector.sections).
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+    model_config = Section.model_config
 
 
-def _existing_file(value: Path | None) -> Path | None:
-    if value is not None and not value.is_file():
-        raise ValueError(f"file {value} does not exist or is not a file")
-    return value
-
-
-def _http_url(value: str) -> str:
-    if not value.startswith(("http://", "https://")) or value.endswith("://"):
-        raise ValueError("must be an http:// or https:// URL")
-    return value.rstrip("/")
+_existing_file = existing_file
+_http_url = http_url
 
 
 def _site_type(value: str) -> str:
@@ -185,154 +186,15 @@ class KafkaSettings(_Section):
         return self
 
 
-class RateLimitSettings(_Section):
-    """The platform's request budget per credential: `requests` per rolling `per_seconds`."""
-
-    requests: PositiveInt = 100
-    per_seconds: PositiveFloat = 60.0
-
-
-# What `sink.type: buildingx` changes: its own defaults, and the keys only it needs or takes.
-_BUILDINGX_DEFAULTS: dict[str, Any] = {
-    "base_url": "https://eu.buildingx.siemens.com/api/openness",
-    "token_url": "https://siemens-bt-015.eu.auth0.com/oauth/token",
-    "audience": "https://horizon.siemens.com",
-    "rate_limit": {"requests": 10, "per_seconds": 1.0},  # per client and API (seed 002)
-}
-_TYPE_KEYS: dict[str, tuple[str, ...]] = {
-    "buildingminds": ("scope",),
-    "buildingx": ("audience", "partition_id"),
-}
-# Every key that means something for one sink type only; the summary leaves out the others'.
-_TYPE_ONLY_KEYS: dict[str, tuple[str, ...]] = {
-    "buildingminds": ("scope",),
-    "buildingx": (
-        "audience", "partition_id", "point_field", "point_ids", "overwrite_values",
-        "parent_wait_seconds",
-    ),
-}  # fmt: skip
-
-
-class SinkSettings(_Section):
-    """The platform the records go to, and the credential used for it.
-
-    `type: buildingminds` (the default) needs `scope`; `type: buildingx` (docs/buildingx.md)
-    needs `partition_id`, takes `audience`, and has its own defaults for `base_url`,
-    `token_url`, `audience` and `rate_limit` (10 requests per second, per API).
-    """
-
-    type: Literal["buildingminds", "buildingx"] = "buildingminds"
-    base_url: str = "https://api.onbuildingminds.com/api/digitaltwinintegration"
-    token_url: str = (
-        "https://login.microsoftonline.com/buildingminds.onmicrosoft.com/oauth2/v2.0/token"  # noqa: S105 - a URL, not a password
-    )
-    client_id: str
-    client_secret: SecretStr
-    scope: str | None = Field(default=None, validate_default=True)
-    audience: str | None = Field(default=None, validate_default=True)
-    partition_id: str | None = Field(default=None, validate_default=True)
-    point_field: str = "meterId"
-    """buildingx: the field of an operational-measurement record that names its point."""
-    point_ids: dict[str, str] = {}
-    """buildingx: that field's value -> Building X point id (unmapped values are used as is)."""
-    overwrite_values: bool = True
-    """buildingx: send point values with `overwrite=true`, so a corrected reading replaces."""
-    parent_wait_seconds: NonNegativeFloat = 600.0
-    """buildingx: how long a location waits for its parent before it is dead-lettered."""
-    rate_limit: RateLimitSettings = RateLimitSettings()
-    request_timeout_seconds: PositiveFloat = 30.0
-    tls_verify: bool = True
-    ca_file: Path | None = None
-    token_renew_statuses: tuple[int, ...] = (401,)
-    token_skew_seconds: NonNegativeFloat = 300.0
-    max_retry_after_seconds: PositiveFloat = 120.0
-    retry_backoff_seconds: PositiveFloat = 0.5
-    retry_backoff_max_seconds: PositiveFloat = 60.0
-    misconfigured_pause_seconds: PositiveFloat = 300.0
-
-    @field_validator("base_url", "token_url")
-    @classmethod
-    def _urls(cls, value: str) -> str:
-        return _http_url(value)
-
-    @field_validator("ca_file")
-    @classmethod
-    def _ca_exists(cls, value: Path | None) -> Path | None:
-        return _existing_file(value)
-
-    @field_validator("token_renew_statuses")
-    @classmethod
-    def _renewal_statuses(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        wrong = [s for s in value if not 400 <= s <= 499]
-        if wrong:
-            raise ValueError(
-                f"{', '.join(map(str, wrong))}: only a 4xx status can mean the token expired "
-                "(usually 401); renewing on any other answer would resend every request"
-            )
-        if 429 in value:
-            raise ValueError(
-                "429 is the rate limit, which the connector answers by waiting Retry-After; "
-                "renewing the token on it would only add requests"
-            )
-        return value
-
-    @model_validator(mode="before")
-    @classmethod
-    def _type_defaults(cls, data: Any) -> Any:
-        """Fill the defaults of `type: buildingx`; a partial rate_limit keeps its other half."""
-        if not isinstance(data, dict) or data.get("type") != "buildingx":
-            return data
-        data = dict(data)
-        for key, default in _BUILDINGX_DEFAULTS.items():
-            given = data.get(key)
-            if isinstance(default, dict) and isinstance(given, dict):
-                data[key] = {**default, **given}
-            elif given is None:
-                data[key] = default
-        return data
-
-    @field_validator("client_id")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        return value.strip()
-
-    @field_validator("scope", "audience", "partition_id")
-    @classmethod
-    def _of_type(cls, value: str | None, info: ValidationInfo) -> str | None:
-        """Required by its sink type, refused by the others (the problem names the key)."""
-        sink_type = info.data.get("type")
-        if sink_type is None:  # the type itself is wrong: that problem is reported alone
-            return value
-        name = str(info.field_name)
-        needed = name in _TYPE_KEYS[sink_type]
-        if value is None and needed:
-            raise ValueError(
-                f"required for sink.type {sink_type}: set it in the config file or in "
-                f"{env_name(('sink', name))}"
-            )
-        if value is not None and not needed:
-            users = [t for t, keys in _TYPE_KEYS.items() if name in keys]
-            raise ValueError(f"only sink.type {' / '.join(users)} takes it; remove it")
-        if value is not None and not value.strip():
-            raise ValueError("must not be empty")
-        return None if value is None else value.strip()
-
-    @property
-    def token_scope(self) -> str:
-        """The scope sent to the token endpoint.
-
-        Entra's client-credentials flow takes `<resource>/.default`, so a bare resource
-        (`api://bm-prod`) gets `/.default` appended. A scope that already names a permission
-        after the resource (`api://bm-prod/user_impersonation`) is sent as given: appending
-        would make `…/user_impersonation/.default`, a resource that does not exist
-        (`scope_permission` says why it is likely wrong, as a config warning).
-        """
-        scope = self.scope or ""
-        if scope.endswith("/.default") or scope_permission(scope) is not None:
-            return scope
-        return f"{scope.rstrip('/')}/.default"
+# `sink`: one section per sink package, told apart by `type` (buildingminds when absent)
+_SINK_SETS: dict[str, type[SinkSettings]] = dict(zip(SINKS, settings_models(), strict=True))
+if TYPE_CHECKING:
+    AnySinkSettings = SinkSettings
+else:
+    AnySinkSettings = Annotated[
+        typing.Union[tuple(_SINK_SETS.values())], Field(discriminator="type")  # noqa: UP007
+    ]
+DEFAULT_SINK = "buildingminds"
 
 
 class WindowSettings(_Section):
@@ -373,6 +235,19 @@ class TrackingSettings(_Section):
     """A batch neither the listing nor a lookup by its ID has shown this long is lost."""
     lost_retries: Annotated[int, Field(ge=0, le=100)] = 3
     """How often a lost batch's records are sent again before they are dead-lettered."""
+
+
+class ReceiptsSettings(_Section):
+    """The receipts topic: each record's final outcome, keyed `Entity/ID` (connector.receipts)."""
+
+    enabled: bool = False
+    topic: str = "building-twin-connector.receipts"
+    """Create it compacted (cleanup.policy=compact): the latest receipt per record is kept."""
+
+    @field_validator("topic")
+    @classmethod
+    def _receipts_topic_name(cls, value: str) -> str:
+        return _topic_name(value)
 
 
 class SourceSettings(_Section):
@@ -660,20 +535,68 @@ class LoggingSettings(_Section):
     format: Literal["auto", "json", "text"] = "auto"
 
 
+class SchemaRegistrySettings(_Section):
+    """A Confluent-compatible Schema Registry, for Avro and JSON Schema values in its wire
+    format (docs/mapping.md); without `url` such values are dead-lettered with that hint."""
+
+    url: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    """HTTP basic auth (Confluent Cloud: the API key and secret), with `username`."""
+    token: SecretStr | None = None
+    """A bearer token instead of basic auth."""
+    request_timeout_seconds: Annotated[float, Field(gt=0, le=30, allow_inf_nan=False)] = 10.0
+    """At most 30: a fetch runs in the consume loop, which /healthz expects to turn."""
+    tls_verify: bool = True
+    ca_file: Path | None = None
+    retry_backoff_seconds: PositiveFloat = 1.0
+    retry_backoff_max_seconds: PositiveFloat = 60.0
+    max_schema_bytes: PositiveInt = 1024 * 1024
+
+    @field_validator("url")
+    @classmethod
+    def _registry_url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @field_validator("ca_file")
+    @classmethod
+    def _registry_ca_exists(cls, value: Path | None) -> Path | None:
+        return _existing_file(value)
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> SchemaRegistrySettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("set both username and password (basic auth), or neither")
+        if self.token is not None and self.username is not None:
+            raise ValueError("set either username/password or token, not both")
+        return self
+
+
 class Settings(_Section):
     """The whole configuration. Built only by `load_settings`."""
 
     kafka: KafkaSettings = KafkaSettings()
-    sink: SinkSettings
+    sink: AnySinkSettings
+    """The platform the records go to: the section of `sink.type` (connector/sinks/)."""
     window: WindowSettings = WindowSettings()
     pipeline: PipelineSettings = PipelineSettings()
     tracking: TrackingSettings = TrackingSettings()
+    receipts: ReceiptsSettings = ReceiptsSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
     sources: tuple[AnySourceSettings, ...] = ()
     """Platforms polled into Kafka by the same process (BIMlink, Bimplus); none by default."""
     mappings: tuple[MappingSettings, ...] = ()
     """Source rows -> platform records, per topic or source table (docs/mapping.md)."""
+    schema_registry: SchemaRegistrySettings = SchemaRegistrySettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_sink_type(cls, data: Any) -> Any:
+        sink = data.get("sink") if isinstance(data, dict) else None
+        if isinstance(sink, dict) and sink.get("type") is None:
+            data = {**data, "sink": {**sink, "type": DEFAULT_SINK}}
+        return data
 
     @field_validator("mappings")
     @classmethod
@@ -695,12 +618,8 @@ class Settings(_Section):
 
     def summary(self) -> dict[str, Any]:
         """The settings as plain data for `check` and start-up logs: every secret masked, the
-        user and password of a URL masked, and the sink's keys only of its own type."""
+        user and password of a URL masked (the sink's section has only its own type's keys)."""
         masked: dict[str, Any] = _mask(self.model_dump(mode="python"))
-        own = _TYPE_ONLY_KEYS[self.sink.type]
-        others = {k for t, keys in _TYPE_ONLY_KEYS.items() if t != self.sink.type for k in keys}
-        for key in others - set(own):
-            masked["sink"].pop(key, None)
         return masked
 
 
@@ -716,22 +635,6 @@ def _mask(value: Any) -> Any:
     if isinstance(value, str):
         return redact(value)  # https://user:password@host -> https://***@host
     return value
-
-
-def env_name(path: tuple[str | int, ...]) -> str:
-    """The environment variable that overrides the key at `path`."""
-    return ENV_PREFIX + "__".join(str(p).upper() for p in path)
-
-
-def scope_permission(scope: str) -> str | None:
-    """The permission a scope names after its resource (`api://x/user_impersonation` ->
-    `user_impersonation`), or None for a bare resource (`api://x`, `api://x/`, a GUID) or a
-    `/.default` scope. Entra reads the last path segment as the permission."""
-    rest = scope.split("://", 1)[1] if "://" in scope else scope
-    if "/" not in rest.rstrip("/"):
-        return None
-    last = rest.rstrip("/").rsplit("/", 1)[1]
-    return None if last == ".default" else last
 
 
 # Where a key's value came from, when not from the file: key path -> environment variable.
@@ -850,6 +753,10 @@ def _env_value(text: str, kind: str) -> Any:
 def _field_of(raw: dict[str, Any], keys: list[str]) -> Any:
     """The pydantic field at `keys` (an item of `sources` by its `type`), or None."""
     model: type[BaseModel] | None = _FIELD_SETS.get(".".join(keys[:-1]))
+    if keys[0] == "sink" and len(keys) == 2:  # the section of the configured sink type
+        sink = raw.get("sink")
+        chosen = sink.get("type") if isinstance(sink, dict) else None
+        model = _SINK_SETS.get(str(chosen or DEFAULT_SINK), SinkSettings)
     if keys[0] == "sources" and len(keys) == 3 and keys[1].isdigit():
         items = raw.get("sources")
         item = items[int(keys[1])] if isinstance(items, list) and int(keys[1]) < len(items) else {}
@@ -996,6 +903,9 @@ def _unsafe_choices(settings: Settings) -> list[str]:
         else:
             urls += [(f"{prefix}.base_url", source.base_url)]
             urls += [(f"{prefix}.discovery_url", source.discovery_url)]
+    if settings.schema_registry.url is not None:
+        urls.append(("schema_registry.url", settings.schema_registry.url))
+        tls.append(("schema_registry", settings.schema_registry.tls_verify))
     for key, url in urls:
         if url is None:
             continue
@@ -1017,28 +927,21 @@ def _unsafe_choices(settings: Settings) -> list[str]:
                 f"the path can read the token and the data; set {section}.ca_file to your "
                 "CA bundle instead"
             )
-    permission = scope_permission(sink.scope or "") if sink.type == "buildingminds" else None
-    if permission is not None:
-        resource = (sink.scope or "").rstrip("/").rsplit("/", 1)[0]
-        found.append(
-            f"sink.scope {sink.scope!r} names the permission {permission!r}, so it is sent as "
-            "given; Entra's client-credentials flow takes only '<resource>/.default': if the "
-            f"token endpoint answers AADSTS1002012 or AADSTS70011, set {resource!r} (sent as "
-            f"'{resource}/.default')"
-        )
+    found.extend(sink.warnings())  # the sink type's own keys
     return found
 
 
 _FIELD_SETS: dict[str, type[BaseModel]] = {
     "": Settings,
     "kafka": KafkaSettings,
-    "sink": SinkSettings,
     "sink.rate_limit": RateLimitSettings,
     "window": WindowSettings,
     "pipeline": PipelineSettings,
     "tracking": TrackingSettings,
+    "receipts": ReceiptsSettings,
     "metrics": MetricsSettings,
     "logging": LoggingSettings,
+    "schema_registry": SchemaRegistrySettings,
 }
 
 
@@ -1055,6 +958,15 @@ _LIST_HINT = (
 def _describe(err: Any, origins: _Origins) -> str:
     loc = tuple(err["loc"])
     model_of_parent: type[BaseModel] | None = _FIELD_SETS.get(".".join(str(p) for p in loc[:-1]))
+    sink_problem = _sink_problem(err, loc, origins)
+    if sink_problem is not None:
+        return sink_problem
+    if len(loc) >= 2 and loc[0] == "sink" and loc[1] in _SINK_SETS:
+        # pydantic puts the discriminator's choice after the section: sink.buildingx.key
+        loc = (loc[0], *loc[2:])
+        model_of_parent = _FIELD_SETS.get(".".join(str(p) for p in loc[:-1]))
+        if len(loc) == 2:
+            model_of_parent = _SINK_SETS[str(err["loc"][1])]
     if len(loc) >= 3 and loc[0] == "sources" and isinstance(loc[1], int) and loc[2] in _SOURCE_SETS:
         # pydantic puts the discriminator's choice after the index: sources.0.bimlink.key
         model_of_parent = _SOURCE_SETS[str(loc[2])] if len(loc) == 4 else None
@@ -1083,3 +995,26 @@ def _describe(err: Any, origins: _Origins) -> str:
     if kind in ("tuple_type", "list_type"):
         message = f"{message}: {_LIST_HINT}"
     return f"{_named(dotted, variable)}: {message}"
+
+
+def _sink_problem(err: Any, loc: tuple[Any, ...], origins: _Origins) -> str | None:
+    """The problems only `sink`'s union has: a wrong `type`, a key its type needs, a key
+    only another type takes. None for any other problem."""
+    kind = err["type"]
+    if loc == ("sink",) and kind == "union_tag_invalid":
+        choices = " or ".join(repr(name) for name in _SINK_SETS)
+        return f"{_named('sink.type', origins.get(('sink', 'type')))}: Input should be {choices}"
+    if len(loc) != 3 or loc[0] != "sink" or loc[1] not in _SINK_SETS:
+        return None
+    sink_type, key = str(loc[1]), str(loc[2])
+    dotted = f"sink.{key}"
+    if kind == "missing" and key in _SINK_SETS[sink_type].required_keys:
+        return (
+            f"{dotted}: required for sink.type {sink_type}: set it in the config file or in "
+            f"{env_name(('sink', key))}"
+        )
+    users = [t for t, model in _SINK_SETS.items() if key in model.model_fields]
+    if kind == "extra_forbidden" and users:
+        where = _named(dotted, origins.get(("sink", key)))
+        return f"{where}: only sink.type {' / '.join(users)} takes it; remove it"
+    return None

@@ -12,6 +12,7 @@ import yaml
 from connector.cli import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, main
 from connector.config import load_settings
 from connector.errors import ConfigError
+from connector.sinks.buildingx.settings import BuildingXSinkSettings
 from tests.integration.helpers import emulator_process
 
 if TYPE_CHECKING:
@@ -99,6 +100,7 @@ def test_buildingx_defaults(tmp_path: Path) -> None:
     path = write(tmp_path, client_id="c", client_secret="s", partition_id="p")
     sink = load_settings(path, {}).sink
 
+    assert isinstance(sink, BuildingXSinkSettings)
     assert sink.base_url == "https://eu.buildingx.siemens.com/api/openness"
     assert sink.token_url == "https://siemens-bt-015.eu.auth0.com/oauth/token"
     assert sink.audience == "https://horizon.siemens.com"

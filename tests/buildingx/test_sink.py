@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import anyio
 import anyio.lowlevel
-import orjson
 import pytest
 from pydantic import SecretStr
 
 from connector.auth import BearerAuth, ClientCredentials, TokenProvider
-from connector.entities import find_entity
+from connector.delivery import Wait, disposition
 from connector.errors import EndpointMisconfigured, RateLimited, ServerError
 from connector.ratelimit import RollingWindowLimiter
 from connector.sinks.buildingx import APIS, BuildingXSink, ParentPending, error_text
+from tests.support.batches import batch_of
 from twin_emulators.buildingx import API_ROOT, BuildingXOptions
 from twin_emulators.buildingx_state import AUDIENCE, DEMO_PARTITION, MachineUser
 
@@ -40,10 +40,7 @@ class Bed:
     request_ids: list[str]  # the X-Request-Id of every answer the sink's session saw
 
     async def submit(self, endpoint: str, records: list[dict[str, Any]]) -> SubmitResult:
-        entity = find_entity(endpoint)
-        assert entity is not None
-        ids = [str(r[entity.id_field]) for r in records]
-        return await self.sink.submit(endpoint, orjson.dumps(records), ids, entity.id_field)
+        return await self.sink.submit(batch_of(endpoint, records))
 
     async def locations(self) -> dict[str, dict[str, Any]]:
         """Stored locations by externalId."""
@@ -190,7 +187,7 @@ async def test_a_location_made_elsewhere_is_found_by_external_id_and_patched(
     )
     before = len(await bed.api_log())
 
-    await fresh.submit("site", orjson.dumps([site(1, name="Other")]), ["S-1"], "siteId")
+    await fresh.submit(batch_of("site", [site(1, name="Other")]))
 
     assert [r["method"] for r in (await bed.api_log())[before:]] == ["GET", "PATCH"]
     assert len(await bed.locations()) == 1
@@ -365,6 +362,27 @@ async def test_429_raises_rate_limited_and_blocks_that_apis_limiter(make_bed: Ma
     assert caught.value.request_id in bed.request_ids
     assert bed.sink.limiters["structure"].wait_time() > 6
     assert bed.sink.limiters["point-value-ingest"].wait_time() == 0
+
+
+async def test_the_pipelines_answer_to_a_429_slows_only_the_api_that_sent_it(
+    make_bed: MakeBed, clock: FakeClock
+) -> None:
+    bed = await make_bed()
+    await bed.bx.set_faults(profile="429-storm", retry_after_seconds=7)
+    with pytest.raises(RateLimited) as caught:
+        await bed.submit("site", [site(1)])
+    await bed.bx.set_faults(profile="none")
+
+    what = disposition(caught.value, 1)
+    assert what == Wait(7, "rate_limited")
+    bed.sink.rate_limited(what.seconds)  # what the pipeline does with it
+    before = clock()
+    result = await bed.submit("operational-measurement", [reading(0)])
+
+    assert result.failed == {}
+    assert clock() == before, "point values did not wait for the structure API's 429"
+    assert bed.sink.limiters["structure"].wait_time() > 6
+    assert bed.sink.limiter is None, "a submission takes no slot of a budget of the pipeline"
 
 
 @pytest.mark.parametrize("profile", ["errors", "resets"])

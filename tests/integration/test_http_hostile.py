@@ -28,7 +28,6 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
-from connector.app import http_session
 from connector.auth import BearerAuth, ClientCredentials, TokenProvider
 from connector.config import BimlinkSourceSettings, BimplusSourceSettings
 from connector.errors import (
@@ -40,11 +39,13 @@ from connector.errors import (
 )
 from connector.http import DEFAULT_MAX_BODY
 from connector.ratelimit import RollingWindowLimiter
+from connector.sessions import http_session
 from connector.sinks.buildingminds import BuildingMindsSink
 from connector.sinks.buildingx import APIS, BuildingXSink
 from connector.sources.bimlink import BimlinkSource
 from connector.sources.bimlink_auth import RefreshTokenFile
 from connector.sources.bimplus import BimplusSource
+from tests.support.batches import batch_of
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -189,7 +190,7 @@ async def servers() -> AsyncIterator[Servers]:
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    """The session the connector makes (`connector.app.http_session`)."""
+    """The session the connector makes (`connector.sessions.http_session`)."""
     async with http_session(verify=True, ca_file=None, timeout=30) as plain:
         yield plain
 
@@ -208,7 +209,7 @@ def authed(servers: Servers, session: aiohttp.ClientSession) -> aiohttp.ClientSe
 async def buildingminds_post(servers: Servers, session: aiohttp.ClientSession, _: Path) -> object:
     async with authed(servers, session) as http:
         sink = BuildingMindsSink(http, servers.url("hostile", "/api"))
-        return await sink.submit("building", b'[{"buildingId": "B-1"}]', ["B-1"], "buildingId")
+        return await sink.submit(batch_of("building", [{"buildingId": "B-1"}]))
 
 
 async def buildingminds_batches(
@@ -231,7 +232,7 @@ async def buildingx_submit(servers: Servers, session: aiohttp.ClientSession, _: 
             http, servers.url("hostile", "/api/openness"), "p-1",
             limiters={api: RollingWindowLimiter(100, 1.0) for api in APIS},
         )  # fmt: skip
-        return await sink.submit("site", b'[{"siteId": "S-1", "name": "S"}]', ["S-1"], "siteId")
+        return await sink.submit(batch_of("site", [{"siteId": "S-1", "name": "S"}]))
 
 
 def bimplus_settings(servers: Servers, *, discovery: str) -> BimplusSourceSettings:

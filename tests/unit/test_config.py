@@ -9,6 +9,7 @@ import pytest
 
 from connector.config import Settings, env_name, load_settings
 from connector.errors import ConfigError
+from connector.sinks.buildingminds.settings import BuildingMindsSinkSettings
 
 SECRET = "s3cr3t-Value-that-must-never-print"
 
@@ -160,11 +161,17 @@ def test_sasl_needs_its_credentials(tmp_path: Path) -> None:
     assert problem.startswith("kafka: security_protocol SASL_SSL needs sasl_mechanism")
 
 
+def _buildingminds(settings: Settings) -> BuildingMindsSinkSettings:
+    assert isinstance(settings.sink, BuildingMindsSinkSettings), "the default sink.type"
+    return settings.sink
+
+
 def test_scope_gets_default_suffix_once(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, MINIMAL), {})
-    assert settings.sink.token_scope == "api://bm-prod/.default"
+    assert _buildingminds(settings).token_scope == "api://bm-prod/.default"
     env = {"CONNECTOR_SINK__SCOPE": "api://bm-prod/.default"}
-    assert load_settings(write(tmp_path, MINIMAL), env).sink.token_scope == "api://bm-prod/.default"
+    settings = load_settings(write(tmp_path, MINIMAL), env)
+    assert _buildingminds(settings).token_scope == "api://bm-prod/.default"
 
 
 def test_no_secret_in_reprs_summaries_or_errors(tmp_path: Path) -> None:
@@ -490,7 +497,7 @@ def test_default_is_appended_only_to_a_scope_that_names_no_permission(
 ) -> None:
     """`api://x/user_impersonation` became `api://x/user_impersonation/.default`."""
     settings = load_settings(write(tmp_path, MINIMAL), {"CONNECTOR_SINK__SCOPE": scope})
-    assert settings.sink.token_scope == sent
+    assert _buildingminds(settings).token_scope == sent
 
 
 def test_a_scope_that_names_a_permission_warns_with_the_fix(tmp_path: Path) -> None:

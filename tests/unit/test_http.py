@@ -27,7 +27,6 @@ from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import SecretStr
 
-from connector.app import http_session
 from connector.auth import BearerAuth, ClientCredentials, TokenProvider
 from connector.config import BimlinkSourceSettings
 from connector.errors import (
@@ -42,8 +41,10 @@ from connector.errors import (
 )
 from connector.http import ACCEPT_ENCODING, PLAIN_HTTP_HINT, Answer, StatusTable, send
 from connector.logs import register_secret
+from connector.sessions import http_session
 from connector.sinks.buildingminds import BuildingMindsSink
 from connector.sources.bimlink_auth import LoginFailed, RefreshTokenFile, _exchange
+from tests.support.batches import batch_of
 from twin_devtools.devbroker import free_port
 
 if TYPE_CHECKING:
@@ -259,7 +260,7 @@ async def test_a_2xx_without_a_batch_id_is_a_failed_request(
     try:
         sink = BuildingMindsSink(session, str(server.make_url("/api")))
         with pytest.raises(InvalidResponse, match="batchId") as caught:
-            await sink.submit("building", b'[{"buildingId": "B-1"}]', ["B-1"], "buildingId")
+            await sink.submit(batch_of("building", [{"buildingId": "B-1"}]))
     finally:
         await server.close()
     assert caught.value.retriable, "retried with backoff; the records are not finished"
@@ -269,7 +270,7 @@ async def test_a_2xx_with_a_batch_id_is_accepted(session: aiohttp.ClientSession)
     server = await serve(answering(b'{"batchId": "b-1"}', headers={"x-request-id": "r-1"}))
     try:
         sink = BuildingMindsSink(session, str(server.make_url("/api")))
-        result = await sink.submit("building", b'[{"buildingId": "B-1"}]', ["B-1"], "buildingId")
+        result = await sink.submit(batch_of("building", [{"buildingId": "B-1"}]))
     finally:
         await server.close()
     assert (result.status, result.batch_id, result.failed, result.request_id) == (
@@ -312,11 +313,9 @@ async def test_a_token_echoed_in_a_400_or_401_body_reaches_no_message_or_log(
     try:
         async with aiohttp.ClientSession(middlewares=(auth,)) as authed:
             sink = BuildingMindsSink(authed, str(server.make_url("/api")))
-            result = await sink.submit(
-                "building", b'[{"buildingId": "B-1"}]', ["B-1"], "buildingId"
-            )
+            result = await sink.submit(batch_of("building", [{"buildingId": "B-1"}]))
             with pytest.raises(Unauthorized) as caught:
-                await sink.submit("space", b'[{"spaceId": "S-1"}]', ["S-1"], "spaceId")
+                await sink.submit(batch_of("space", [{"spaceId": "S-1"}]))
     finally:
         await server.close()
     assert len(issued) == 2, "one renewal after the first 401"

@@ -1,15 +1,17 @@
 """The Siemens Building X Openness API client (seed 002, docs/buildingx.md): locations and
 point values.
 
-Records reach every sink in the BuildingMinds-native shape; one submission (the JSON array of
-one endpoint) becomes several Building X requests, each one record or one point's values:
+Owns the platform end to end: its wire format, its answers, its budget (10 requests/s per
+API), its `probe` (`check`) and its construction (`build`). Records reach every sink in the
+BuildingMinds-native shape, decoded, with their change kind; one submission (the batch of one
+endpoint) becomes several Building X requests, each one record or one point's values:
 
 | endpoint                 | Building X                                                      |
 |--------------------------|-----------------------------------------------------------------|
 | site / building / floor / space | Location Campus / Building / Floor / Room, upserted by   |
 |                          | `externalId` (GET `filter[externalId]`, then PATCH or POST); the |
 |                          | parent by `isBuildingOf` (Building -> Campus) or `isPartOf`     |
-| *Deleted (those four)    | DELETE of the location with that externalId (absent: done)      |
+| Deleted (those four)     | DELETE of the location with that externalId (absent: done)      |
 | operational-measurement  | point values, grouped by point (`point_field`, mapped through    |
 |                          | `point_ids`), 1-100 per POST                                     |
 | anything else            | dead-lettered: Building X has no place for it                   |
@@ -23,16 +25,21 @@ Answers, per request:
 |                                 | `SubmitResult.failed`, the rest goes on                 |
 | 401 (after one renewal)         | `Unauthorized`                                          |
 | 403 / 405 / 415, 404 of a list  | `EndpointMisconfigured` (hold the data, alert)          |
-| 429                             | `RateLimited` (this API's limiter is blocked as well)   |
+| 429                             | `RateLimited` (only this API's limiter is blocked)      |
 | 5xx, timeouts, resets           | `ServerError`                                           |
 | parent not there yet            | `ParentPending` (retriable), until `parent_wait`        |
 
 A submission that raises is sent again by the pipeline; what this sink already settled for
 the same record version is remembered (not sent twice) until the submission returns.
 
+Settles at once: a result never `settles_later`.
+
 Pacing: each API (structure, point-value-ingest) has its own `RollingWindowLimiter`; every
-request takes a slot first. The `X-Request-Id` of every answer is logged (DEBUG, WARNING for
-failures) and reaches `SubmitResult.request_id` and the dead letters.
+request takes a slot first. The submission itself takes no slot of a pipeline budget
+(`limiter` is None), and a 429 blocks only the API that answered it (`rate_limited` leaves the
+other API alone), so a throttled structure API never slows point values. The `X-Request-Id`
+of every answer is logged (DEBUG, WARNING for failures) and reaches `SubmitResult.request_id`
+and the dead letters.
 
 Every request goes through `connector.http.send` (no redirects: a 3xx is `RedirectRefused`;
 bodies capped at `max_body`; transport errors mapped once).
@@ -52,17 +59,32 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from connector.errors import EndpointMisconfigured, RateLimited, ServerError, Unauthorized
+from connector.auth import ClientCredentials
+from connector.errors import (
+    ApiError,
+    AuthError,
+    CredentialsRejected,
+    EndpointMisconfigured,
+    RateLimited,
+    ServerError,
+    Unauthorized,
+)
 from connector.http import DEFAULT_MAX_BODY, StatusTable, send
 from connector.logs import get_logger, redact
 from connector.sinks.base import SubmitResult
+from connector.sinks.buildingx.settings import BuildingXSinkSettings
+from connector.sinks.common import TokenSink, authed_session, budget_limiter
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+    from typing import TextIO
 
     import aiohttp
 
+    from connector.auth import TokenProvider
     from connector.ratelimit import Clock, RollingWindowLimiter
+    from connector.sinks.base import SinkContext
+    from connector.window import Batch
 
 __all__ = [
     "APIS",
@@ -74,6 +96,7 @@ __all__ = [
     "STRUCTURE",
     "BuildingXSink",
     "ParentPending",
+    "build",
     "error_text",
 ]
 
@@ -192,7 +215,7 @@ def _digest(record: Any) -> bytes:
     return hashlib.blake2b(orjson.dumps(record), digest_size=16).digest()
 
 
-class BuildingXSink:
+class BuildingXSink(TokenSink):
     """Locations and point values of one partition, over one shared aiohttp session."""
 
     def __init__(
@@ -210,6 +233,7 @@ class BuildingXSink:
         max_body: int = DEFAULT_MAX_BODY,
         clock: Clock = time.monotonic,
         on_wait: Callable[[float], None] | None = None,
+        provider: TokenProvider | None = None,
     ) -> None:
         """`limiters` holds one limiter per API in `APIS`; `on_wait(seconds)` hears every
         limiter wait. `parent_wait` bounds how long a location waits for its parent;
@@ -218,6 +242,8 @@ class BuildingXSink:
         self.base_url = base_url.rstrip("/")
         self.partition_id = partition_id
         self.limiters = limiters
+        self.budgets = tuple(limiters.values())
+        self.provider = provider
         self.point_field = point_field
         self.point_ids = dict(point_ids or {})
         self.overwrite_values = overwrite_values
@@ -237,19 +263,21 @@ class BuildingXSink:
         return f"{self.base_url}/{STRUCTURE}/partitions/{self.partition_id}/locations"
 
     # ------------------------------------------------------------------ the Sink contract
-    async def submit(
-        self, endpoint: str, body: bytes, ids: list[str], id_field: str
-    ) -> SubmitResult:
-        """Deliver one JSON array record by record; see the module docstring for the answers."""
-        del id_field
-        records = orjson.loads(body)
+    async def submit(self, batch: Batch) -> SubmitResult:
+        """Deliver one batch record by record; see the module docstring for the answers."""
+        endpoint = batch.entity.endpoint
+        records = [orjson.loads(slot.change.payload) for slot in batch.slots]
+        ids = [slot.change.external_id for slot in batch.slots]
+        deleted = [slot.change.kind == "Deleted" for slot in batch.slots]
         outcome = _Outcome()
         keys = [(endpoint, external_id) for external_id in ids]
         if endpoint in LOCATIONS:
             for index, record in enumerate(records):
-                await self._location(endpoint, index, record, ids[index], outcome)
+                await self._location(
+                    endpoint, index, record, ids[index], outcome, deleted=deleted[index]
+                )
         elif endpoint == READINGS:
-            await self._readings(records, ids, outcome)
+            await self._readings(records, ids, deleted, outcome)
         else:
             for index in range(len(records)):
                 outcome.failed[index] = _Failure(
@@ -268,6 +296,39 @@ class BuildingXSink:
             self._settled.pop(key, None)
             self._waiting_since.pop(key, None)
         return outcome.result()
+
+    def rate_limited(self, seconds: float) -> None:
+        """Nothing more to block: `_call` blocked the one API that answered 429 already."""
+        del seconds
+
+    async def probe(self, out: TextIO, err: TextIO) -> bool:
+        """The token, then the read-only `GET …/locations?page[limit]=1` of the partition."""
+        if self.provider is not None and not await self.probe_token(out, err, _token_fix):
+            return False
+        what = f"GET /structure/partitions/{self.partition_id}/locations"
+        try:
+            document = await self.list_locations(limit=1)
+        except EndpointMisconfigured as exc:
+            fix = {
+                403: f"the machine user may not use partition {self.partition_id!r}: check "
+                "sink.partition_id (the API Manager shows the machine user's partition) and "
+                "its user groups",
+                404: "check sink.base_url: it must end in /api/openness "
+                "(e.g. https://eu.buildingx.siemens.com/api/openness)",
+            }.get(exc.status or 0, f"check sink.base_url: the API answered {exc.status}")
+            print(f"FAILED: {what}: {exc}\n  fix: {fix}", file=err)
+            return False
+        except Unauthorized as exc:
+            fix = "the token was refused: check that sink.audience belongs to sink.base_url's API"
+            print(f"FAILED: {what}: {exc}\n  fix: {fix}", file=err)
+            return False
+        except (ApiError, AuthError) as exc:
+            print(f"FAILED: {what}: {exc}", file=err)
+            return False
+        found = len(document.get("data") or [])
+        more = " and more" if (document.get("links") or {}).get("next") else ""
+        print(f"{what}: ok ({found}{more} location(s) visible)", file=out)
+        return True
 
     async def list_locations(
         self, *, limit: int = 1, filters: Mapping[str, str] | None = None
@@ -304,7 +365,14 @@ class BuildingXSink:
             self._ids.popitem(last=False)
 
     async def _location(
-        self, endpoint: str, index: int, record: Any, external_id: str, outcome: _Outcome
+        self,
+        endpoint: str,
+        index: int,
+        record: Any,
+        external_id: str,
+        outcome: _Outcome,
+        *,
+        deleted: bool,
     ) -> None:
         key, digest = (endpoint, external_id), _digest(record)
         settled, failed = self._remembered(key, digest)
@@ -312,7 +380,7 @@ class BuildingXSink:
             if failed is not None:
                 outcome.failed[index] = failed
             return
-        if str(record.get("eventType", "")).endswith("Deleted"):
+        if deleted:
             failure = await self._delete(external_id, outcome)
         else:
             kind = LOCATIONS[endpoint]
@@ -440,7 +508,9 @@ class BuildingXSink:
         return _Failure(message, answer.status, answer.request_id)
 
     # ------------------------------------------------------------------ point values
-    async def _readings(self, records: list[Any], ids: list[str], outcome: _Outcome) -> None:
+    async def _readings(
+        self, records: list[Any], ids: list[str], deleted: list[bool], outcome: _Outcome
+    ) -> None:
         groups: dict[str, dict[int, tuple[int, dict[str, Any]]]] = {}
         for index, record in enumerate(records):
             key = (READINGS, ids[index])
@@ -449,7 +519,7 @@ class BuildingXSink:
                 if failed is not None:
                     outcome.failed[index] = failed
                 continue
-            value = self._point_value(record)
+            value = self._point_value(record, deleted=deleted[index])
             if isinstance(value, str):
                 outcome.failed[index] = _Failure(f"not sent: {value}", 422, None)
                 continue
@@ -463,9 +533,9 @@ class BuildingXSink:
         for index, record in enumerate(records):
             self._settle((READINGS, ids[index]), _digest(record), outcome.failed.get(index))
 
-    def _point_value(self, record: Any) -> tuple[str, int, dict[str, Any]] | str:
+    def _point_value(self, record: Any, *, deleted: bool) -> tuple[str, int, dict[str, Any]] | str:
         """(point id, millisecond, PointValue) of a reading, or why it cannot be sent."""
-        if str(record.get("eventType", "")).endswith("Deleted"):
+        if deleted:
             return "the Point Value Ingest API cannot delete point values"
         named = record.get(self.point_field)
         if not isinstance(named, str | int) or isinstance(named, bool) or named == "":
@@ -621,3 +691,37 @@ def _value_indexes(payload: Any, count: int) -> set[int]:
         if len(parts) >= 3 and parts[1] == "data" and parts[2].isdigit() and int(parts[2]) < count:
             named.add(int(parts[2]))
     return named
+
+
+def _token_fix(exc: CredentialsRejected) -> str:
+    """What to change when Auth0 refused the client credentials (`check`)."""
+    if exc.status == 403:
+        return (
+            "Auth0 refused the audience (or the client has no grant for it): set sink.audience "
+            "to the Building X API audience, https://horizon.siemens.com (the default)"
+        )
+    if exc.status == 401:
+        return (
+            "re-copy sink.client_id and sink.client_secret of the machine user from the "
+            "Building X API Manager"
+        )
+    return "check sink.token_url (the Auth0 /oauth/token URL) and the credentials"
+
+
+def build(context: SinkContext) -> BuildingXSink:
+    """The sink `sink.type: buildingx` configures: an Auth0 token (a JSON body with an
+    audience) and one limiter per API, each `sink.rate_limit` (10 requests/s by default)."""
+    s, metrics = context.settings.sink, context.metrics
+    assert isinstance(s, BuildingXSinkSettings)  # noqa: S101 - the registry chose by type
+    grant = ClientCredentials(
+        s.token_url, s.client_id, s.client_secret, audience=s.audience, as_json=True
+    )
+    session, provider = authed_session(context, grant)
+    return BuildingXSink(
+        session, s.base_url, s.partition_id,
+        limiters={api: budget_limiter(s.rate_limit) for api in APIS},
+        point_field=s.point_field, point_ids=s.point_ids,
+        overwrite_values=s.overwrite_values, parent_wait=s.parent_wait_seconds,
+        max_retry_after=s.max_retry_after_seconds, on_wait=metrics.rate_limit_waited,
+        provider=provider,
+    )  # fmt: skip

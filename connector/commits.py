@@ -1,0 +1,124 @@
+"""Commits: the offset watermark, the commit that follows it, and the rebalance hooks.
+
+The commit order (the rule everything else serves): a record's offset is finished when the
+platform accepted it (or settled it, with `tracking.commit_on: completed`), when its dead
+letter was acknowledged, or when a newer version of the same ID that stands for it finished;
+`offsets.OffsetTracker` computes the contiguous finished prefix per partition, and `commit`
+commits it as the next offset to read, never past a gap. The pipeline calls `commit` on an
+interval, on revoke (for the revoked partitions) and at shutdown; nothing else commits. With
+a `barrier` (the receipts writer), a commit waits until what it covers was written.
+
+Also here, because they turn with the commit loop: the consumer lag per partition (the log
+end minus the first unfinished record: what a restart would read again) and the watch over
+the group coordinator (/readyz).
+
+Must not: finish an offset (the pipeline does, when an outcome is certain), or commit while
+a rebalance has not told us what we own.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from connector.logs import get_logger
+from connector.offsets import OffsetTracker, TopicPartitionKey
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from connector.intake import Consumer
+    from connector.metrics import Metrics
+
+__all__ = ["Commits", "Rebalance", "RebalanceHandler"]
+
+log = get_logger(__name__)
+
+
+class Commits:
+    """The watermark of what this replica consumed, committed through its consumer."""
+
+    def __init__(
+        self, consumer: Consumer, metrics: Metrics, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.consumer = consumer
+        self.metrics = metrics
+        self.clock = clock
+        self.offsets = OffsetTracker()
+        self.barrier: Callable[[], Awaitable[bool]] | None = None
+        self.group_lost_since: float | None = None  # Kafka's group coordinator is unreachable
+
+    async def commit(self, only: set[TopicPartitionKey] | None = None) -> None:
+        """Commit the finished prefix of every partition (or of `only`) that moved. A failed
+        commit is counted and logged; the next one carries the same positions."""
+        positions = self.offsets.committable(only)
+        if not positions:
+            return
+        if self.barrier is not None and not await self.barrier():
+            log.warning("offset commit waits for receipts not yet written; will retry")
+            return
+        try:
+            await self.consumer.commit(
+                {TopicPartition(tp.topic, tp.partition): pos for tp, pos in positions.items()}
+            )
+        except (CommitFailedError, KafkaError) as exc:
+            self.metrics.committed("failed")
+            log.warning("offset commit failed (%s); will retry", exc)
+            return
+        self.offsets.committed(positions)
+        self.metrics.committed("success", time.time())
+
+    def watch_group(self, *, joined: bool) -> None:
+        """Log the loss of the consumer group's coordinator once, and its return once.
+
+        aiokafka says nothing public about it: its coordinator forgets the node
+        (`coordinator_id` None) at the first failed heartbeat, commit or lookup, and finds it
+        again when the broker is back. /readyz is not ready meanwhile."""
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        lost = (
+            joined and coordinator is not None and getattr(coordinator, "coordinator_id", 0) is None
+        )
+        now = self.clock()
+        if lost and self.group_lost_since is None:
+            self.group_lost_since = now
+            log.warning(
+                "Kafka group coordinator lost: not ready, retrying (aiokafka's repeated lines "
+                "are rate-limited meanwhile)"
+            )
+        elif not lost and self.group_lost_since is not None:
+            log.info("Kafka group coordinator back after %.0f s", now - self.group_lost_since)
+            self.group_lost_since = None
+
+    def update_lag(self) -> None:
+        """Lag = the log end minus the first unfinished record (what a restart would re-read)."""
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            position = self.offsets.position(TopicPartitionKey(tp.topic, tp.partition))
+            if high is not None and position is not None:
+                self.metrics.set_lag(tp.topic, tp.partition, max(high - position, 0))
+
+
+class RebalanceHandler(Protocol):
+    """What a rebalance tells the pipeline."""
+
+    async def partitions_revoked(self, revoked: set[TopicPartitionKey]) -> None: ...
+    def partitions_assigned(self, mine: int) -> None: ...
+
+
+class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """aiokafka's rebalance listener, in our partition keys."""
+
+    def __init__(self, handler: RebalanceHandler) -> None:
+        self.handler = handler
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.handler.partitions_revoked(
+            {TopicPartitionKey(tp.topic, tp.partition) for tp in revoked}
+        )
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.handler.partitions_assigned(len(assigned))
+        log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
