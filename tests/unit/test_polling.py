@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from connector.ratelimit import RollingWindowLimiter
-from connector.tracker import Outcome, Tracker
+from connector.sinks.buildingminds.tracker import Outcome, Tracker
 from tests.unit.test_tracker import Clock, Platform, Reports, batch
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from connector.entities import ENTITIES
 from connector.errors import EndpointMisconfigured
 from connector.offsets import TopicPartitionKey
 from connector.ratelimit import RollingWindowLimiter
-from connector.tracker import LIST_PAGE, MAX_LIST_PAGES, Outcome, Tracker
+from connector.sinks.buildingminds.tracker import LIST_PAGE, MAX_LIST_PAGES, Outcome, Tracker
 from connector.window import Batch, Ref, Slot
 
 pytestmark = pytest.mark.anyio

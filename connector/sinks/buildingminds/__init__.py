@@ -49,7 +49,7 @@ from connector.logs import get_logger, redact
 from connector.sinks.base import Settlement, SubmitResult
 from connector.sinks.buildingminds.settings import BuildingMindsSinkSettings
 from connector.sinks.common import TokenSink, authed_session, budget_limiter
-from connector.tracker import FAILED, Outcome, Tracker
+from connector.sinks.buildingminds.tracker import FAILED, Outcome, Tracker
 
 if TYPE_CHECKING:
     from typing import TextIO
