@@ -141,6 +141,7 @@ class Pipeline:
         self.dead_letters = dead_letters
         self.sink = sink
         self.limiter = sink.limiter  # the budget each submission takes a slot of (or None)
+        self._whole_budget = True  # this replica owns every partition (so all of the budget)
         self.metrics = metrics
         self.clock = clock
         # Avro / JSON Schema values: their schemas are fetched before a batch is decoded
@@ -156,6 +157,9 @@ class Pipeline:
             clock=clock,
         )
         self.commits = Commits(consumer, metrics, clock=clock)
+        if self.limiter is not None:
+            limiter = self.limiter
+            self.commits.handover = lambda final: limiter.handover(final=final)
         self.offsets = self.commits.offsets
         self.rebalances = 0  # assignments received; a storm shows here
         self.heartbeat = clock()  # last turn of the consume loop, for /healthz
@@ -368,7 +372,7 @@ class Pipeline:
     async def _schedule(self) -> None:
         while True:
             held = self._held_endpoints()
-            entity = self.window.ready(held)
+            entity = self.window.ready(held, self._free_slots())
             if entity is None:
                 if self.draining:
                     return  # draining makes every eligible record ready: none is left
@@ -389,17 +393,24 @@ class Pipeline:
             if self.limiter is not None:
                 self.metrics.rate_limit_waited(await self.limiter.acquire())
                 self.metrics.set_tokens_available(self.limiter.available())
+            granted = self.clock()  # the limiter's guard measures from the grant
+            # the wait for the slot may have changed where a request carries most
+            entity = self.window.ready(held, self._free_slots()) or entity
             batch = self.window.take(entity)
             if batch is None:
                 self._requests.release()
                 continue
-            self._start(self._deliver, batch)
+            self._start(self._deliver, batch, granted)
 
-    async def _deliver(self, batch: Batch) -> None:
+    def _free_slots(self) -> int | None:
+        """Requests the budget allows now (None: no pipeline budget, e.g. Building X)."""
+        return None if self.limiter is None else self.limiter.available()
+
+    async def _deliver(self, batch: Batch, granted: float) -> None:
         self._in_flight += 1
         self.metrics.set_in_flight(self._in_flight)
         try:
-            await self._submit(batch, have_slot=True)
+            await self._submit(batch, have_slot=True, granted=granted)
         finally:
             self._in_flight -= 1
             self._check_idle()
@@ -408,7 +419,7 @@ class Pipeline:
             self._requests.release()
             self._notify()
 
-    async def _submit(self, batch: Batch, *, have_slot: bool) -> None:
+    async def _submit(self, batch: Batch, *, have_slot: bool, granted: float | None = None) -> None:
         """Send one batch until it has an outcome for every record. Never gives up on data.
 
         What a failure means is the error's own (`connector.delivery.disposition`): this is
@@ -420,12 +431,15 @@ class Pipeline:
                 self.metrics.rate_limit_waited(await self.limiter.acquire())
             have_slot = False
             started = self.clock()
+            since, granted = (granted if granted is not None else started), None
             try:
                 result = await self.sink.submit(batch)
             except ConnectorError as exc:
                 what = disposition(exc, len(batch.slots))
                 match what:
                     case Wait(seconds=wait):
+                        if self.limiter is not None:  # the platform counted it
+                            self.limiter.observe(self.clock() - since)
                         self.metrics.request(endpoint, "429")
                         self.metrics.retry(what.label)
                         self.sink.rate_limited(wait)
@@ -468,6 +482,8 @@ class Pipeline:
                     case Stop():
                         raise
             else:
+                if self.limiter is not None:
+                    self.limiter.observe(self.clock() - since)
                 self.metrics.batch_submitted(endpoint, len(batch.slots), self.clock() - started)
                 self.stats.requests += 1
                 await self._accepted(batch, result, self.clock() - started)
@@ -582,8 +598,8 @@ class Pipeline:
             )  # fmt: skip
         succeeded = 0
         for index, slot in enumerate(batch.slots):
-            if index in outcome.failed or outcome.lost:
-                continue
+            if index in outcome.failed or outcome.lost or index in outcome.refused:
+                continue  # (a refused record was dead-lettered when the batch was accepted)
             if index in outcome.waiting:
                 self.metrics.terminal("waiting_for_parent")
                 status = "waiting_for_parent"
@@ -596,7 +612,9 @@ class Pipeline:
             if completed_mode:
                 self._finish_refs(slot.refs)
         self.metrics.terminal(batch.entity.success_status, succeeded)
-        settled = succeeded + sum(1 for i in outcome.waiting if i not in outcome.failed)
+        settled = succeeded + sum(
+            1 for i in outcome.waiting if i not in outcome.failed and i not in outcome.refused
+        )
         if not outcome.lost:  # (waiting children were accepted; they onboard with the parent)
             self.metrics.delivered(batch.entity.endpoint, settled, [])
             self.stats.delivered += settled
@@ -702,9 +720,11 @@ class Pipeline:
         await self._changed.until(lambda: not self._busy())
 
     # ---------------------------------------------------------------- commits
-    async def commit(self, only: set[TopicPartitionKey] | None = None) -> None:
-        """Commit the finished prefix (`commits.Commits.commit`)."""
-        await self.commits.commit(only)
+    async def commit(
+        self, only: set[TopicPartitionKey] | None = None, *, final: bool = False
+    ) -> None:
+        """Commit the finished prefix (`commits.Commits.commit`; `final` at shutdown)."""
+        await self.commits.commit(only, final=final)
 
     async def _commit_loop(self) -> None:
         while True:
@@ -722,6 +742,7 @@ class Pipeline:
         for topic in self.settings.kafka.topics:
             total += len(self.consumer.partitions_for_topic(topic) or ())
         self.rebalances += 1
+        self._whole_budget = total <= 0 or mine >= total
         for share in self.budgets:  # one per budget of the sink's (Building X: per API)
             capacity = share.assigned(mine, total)
             target = share.target(mine, total)
@@ -731,6 +752,20 @@ class Pipeline:
                 mine, total, capacity,
                 "" if target == capacity else f", {target} after one window",
             )  # fmt: skip
+
+    async def take_over_budget(self, assigned: list[TopicPartition]) -> None:
+        """At the first assignment: the predecessor's request starts, from the metadata of
+        its final commit (`RollingWindowLimiter.take_over`; a replica that owns only some
+        partitions takes nothing: `BudgetShare` starts it small)."""
+        if self.rebalances != 1 or self.limiter is None:
+            return
+        limiter, share = self.limiter, 1.0 if self._whole_budget else 0.0
+
+        def take(metadata: list[str | None]) -> None:
+            if limiter.take_over(metadata, share):
+                log.info("request budget: took over the predecessor's last window")
+
+        await self.commits.take_over(assigned, take)
 
     async def partitions_revoked(self, revoked: set[TopicPartitionKey]) -> None:
         """Called by aiokafka before a rebalance: finish requests in flight (bounded), commit.
@@ -807,7 +842,7 @@ class Pipeline:
                     )
                 tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-            await self.commit()
+            await self.commit(final=True)  # with the budget's final hand-over
         self.dead_letter_log.tick(force=True)
         self.state = State.STOPPED
         self.stopped.set()

@@ -49,20 +49,34 @@ class Commits:
         self.clock = clock
         self.offsets = OffsetTracker()
         self.barrier: Callable[[], Awaitable[bool]] | None = None
+        # the request budget's hand-over (`RollingWindowLimiter.handover`): every commit's
+        # metadata carries it, so a successor knows when its predecessor's requests started
+        self.handover: Callable[[bool], str] | None = None
         self.group_lost_since: float | None = None  # Kafka's group coordinator is unreachable
 
-    async def commit(self, only: set[TopicPartitionKey] | None = None) -> None:
+    async def commit(
+        self, only: set[TopicPartitionKey] | None = None, *, final: bool = False
+    ) -> None:
         """Commit the finished prefix of every partition (or of `only`) that moved. A failed
-        commit is counted and logged; the next one carries the same positions."""
+        commit is counted and logged; the next one carries the same positions.
+
+        `final` (at shutdown, with a hand-over): every assigned partition is committed, moved
+        or not, so that the successor finds the final hand-over on whichever it is given."""
         positions = self.offsets.committable(only)
+        if final and self.handover is not None:
+            await self._add_unmoved(positions)
         if not positions:
             return
         if self.barrier is not None and not await self.barrier():
             log.warning("offset commit waits for receipts not yet written; will retry")
             return
+        mark = None if self.handover is None else self.handover(final)
         try:
             await self.consumer.commit(
-                {TopicPartition(tp.topic, tp.partition): pos for tp, pos in positions.items()}
+                {
+                    TopicPartition(tp.topic, tp.partition): pos if mark is None else (pos, mark)
+                    for tp, pos in positions.items()
+                }
             )
         except (CommitFailedError, KafkaError) as exc:
             self.metrics.committed("failed")
@@ -70,6 +84,45 @@ class Commits:
             return
         self.offsets.committed(positions)
         self.metrics.committed("success", time.time())
+
+    async def _add_unmoved(self, positions: dict[TopicPartitionKey, int]) -> None:
+        for tp in self.consumer.assignment():
+            key = TopicPartitionKey(tp.topic, tp.partition)
+            if key in positions:
+                continue
+            pos = self.offsets.position(key)  # never past a gap: the first unfinished record
+            if pos is None:
+                try:
+                    pos = await self.consumer.committed(tp)
+                except KafkaError:
+                    continue
+            if pos is not None:
+                positions[key] = pos
+
+    async def take_over(
+        self, assigned: list[TopicPartition], take: Callable[[list[str | None]], None]
+    ) -> None:
+        """At the first assignment: hand the metadata of the partitions' last commits to
+        `take` (the limiter's `take_over`), then mark them "running" (a non-final hand-over),
+        so that a successor after a crash of this process falls back to the even assumption."""
+        if self.handover is None or not assigned:
+            return
+        try:
+            # aiokafka's public `committed` drops the metadata; its coordinator keeps it
+            fetched = await self.consumer._coordinator.fetch_committed_offsets(assigned)  # type: ignore[attr-defined]
+        except (KafkaError, AttributeError) as exc:
+            log.warning("no request-budget hand-over (committed offsets unreadable: %s)", exc)
+            return
+        take([getattr(c, "metadata", None) for c in fetched.values()])
+        mark = self.handover(False)
+        offsets: dict[TopicPartition, int | tuple[int, str]] = {
+            tp: (c.offset, mark) for tp, c in fetched.items() if c.offset >= 0
+        }
+        if offsets:
+            try:
+                await self.consumer.commit(offsets)
+            except (CommitFailedError, KafkaError) as exc:
+                log.warning("could not mark the hand-over as running (%s)", exc)
 
     def watch_group(self, *, joined: bool) -> None:
         """Log the loss of the consumer group's coordinator once, and its return once.
@@ -106,6 +159,7 @@ class RebalanceHandler(Protocol):
 
     async def partitions_revoked(self, revoked: set[TopicPartitionKey]) -> None: ...
     def partitions_assigned(self, mine: int) -> None: ...
+    async def take_over_budget(self, assigned: list[TopicPartition]) -> None: ...
 
 
 class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -121,4 +175,5 @@ class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.handler.partitions_assigned(len(assigned))
+        await self.handler.take_over_budget(list(assigned))
         log.info("partitions assigned: %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))

@@ -65,7 +65,9 @@ class Settlement:
     `failed`: (the platform's status, its message) of the records that failed; `waiting`: the
     records the platform holds until their parent arrives (counted as finished); `lost`: the
     records of a batch the platform no longer shows (`lost_for` seconds), sent again for the
-    `resubmissions`th time so far; `statuses`: the platform's own counts, for the log line."""
+    `resubmissions`th time so far; `statuses`: the platform's own counts, for the log line;
+    `refused`: the records the platform refused when it accepted the batch (dead-lettered
+    then, so neither delivered nor onboarded now)."""
 
     failed: dict[int, tuple[str, str]] = field(default_factory=dict)
     waiting: set[int] = field(default_factory=set)
@@ -73,6 +75,7 @@ class Settlement:
     lost: tuple[int, ...] = ()
     resubmissions: int = 0
     lost_for: float = 0.0
+    refused: frozenset[int] = frozenset()
 
 
 class Reports(Protocol):

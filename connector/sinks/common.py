@@ -33,13 +33,13 @@ log = get_logger(__name__)
 def budget_limiter(rate: RateLimitSettings) -> RollingWindowLimiter:
     """A limiter for one request budget, pacing from the start.
 
-    A request starts here a little before the platform counts it, and network jitter can
-    bring two starts closer there than here: a 1% (+50 ms) wider window keeps the platform's
-    count under the budget while still using about 99% of it.
+    A request starts here a little before the platform counts it, and network and host jitter
+    can bring two starts closer there than here: the window is widened by a guard sized from
+    the measured spread of request times (`ratelimit.JitterGuard`; 1% + 50 ms until measured).
+    A restart takes over its predecessor's last window from the final commit's metadata
+    (`RollingWindowLimiter.take_over`), else assumes it was used evenly.
     """
-    limiter = RollingWindowLimiter(rate.requests, rate.per_seconds * 1.01 + 0.05)
-    limiter.assume_recent_use()  # a restart must not burst into a window its predecessor filled
-    return limiter
+    return RollingWindowLimiter.for_budget(rate.requests, rate.per_seconds)
 
 
 def authed_session(

@@ -199,12 +199,6 @@ async def test_rejected_records_are_listed_fixed_replayed_and_onboarded_with_rec
         assert "no dead letter, no receipt" in unknown
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a record the platform refuses in a request it partly accepts (400 with "
-    "failedMessages and a batchId) is dead-lettered, then also counted delivered and told "
-    "onboarded when the batch is terminal (the settled loop does not skip the refused indexes)",
-)
 async def test_a_record_refused_in_a_partly_accepted_batch_gets_one_outcome(
     kafka_bootstrap: str, new_topic: NewTopicFactory, group_id: str, tmp_path: Path
 ) -> None:

@@ -90,8 +90,11 @@ class MemoryConsumer:
     async def committed(self, partition: TopicPartition) -> int | None:
         return self.committed_positions().get(partition.partition)
 
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.commits.append(dict(offsets))
+    async def commit(self, offsets: dict[TopicPartition, int | tuple[int, str]]) -> None:
+        # (offset, metadata) when the commit carries a budget hand-over
+        self.commits.append(
+            {tp: pos if isinstance(pos, int) else pos[0] for tp, pos in offsets.items()}
+        )
 
     def highwater(self, partition: TopicPartition) -> int | None:
         return len(self.logs[partition])

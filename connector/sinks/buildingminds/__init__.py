@@ -48,8 +48,8 @@ from connector.http import DEFAULT_MAX_BODY, Answer, StatusTable, send
 from connector.logs import get_logger, redact
 from connector.sinks.base import Settlement, SubmitResult
 from connector.sinks.buildingminds.settings import BuildingMindsSinkSettings
-from connector.sinks.common import TokenSink, authed_session, budget_limiter
 from connector.sinks.buildingminds.tracker import FAILED, Outcome, Tracker
+from connector.sinks.common import TokenSink, authed_session, budget_limiter
 
 if TYPE_CHECKING:
     from typing import TextIO
@@ -186,7 +186,7 @@ class BuildingMindsSink(TokenSink):
         settlement = Settlement(
             failed=outcome.failed, waiting=outcome.waiting, statuses=outcome.statuses,
             lost=outcome.lost, resubmissions=outcome.resubmissions,
-            lost_for=self.tracker.lost_after,
+            lost_for=self.tracker.lost_after, refused=outcome.refused,
         )  # fmt: skip
         try:
             await self._reports.settled(batch, batch_id, settlement)

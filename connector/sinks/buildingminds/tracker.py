@@ -104,6 +104,7 @@ class Outcome:
     statuses: dict[str, int] = field(default_factory=dict)
     lost: tuple[int, ...] = ()
     resubmissions: int = 0
+    refused: frozenset[int] = frozenset()  # refused synchronously: dead-lettered already
 
 
 @dataclass(slots=True)
@@ -308,7 +309,7 @@ class Tracker:
             tracked.last_seen = now
             in_progress = sum(n for s, n in statuses.items() if s not in SUCCEEDED | FAILED)
             failing = [s for s, n in statuses.items() if s in FAILED and n]
-            outcome = Outcome(statuses=dict(statuses))
+            outcome = Outcome(statuses=dict(statuses), refused=tracked.skip)
             if in_progress:
                 due = tracked.next_look <= now
                 if due:
@@ -358,7 +359,9 @@ class Tracker:
             extra={"batch_id": batch_id, "endpoint": tracked.batch.entity.endpoint,
                    "resubmissions": tracked.resubmissions},
         )  # fmt: skip
-        outcome = Outcome(lost=accepted, resubmissions=tracked.resubmissions)
+        outcome = Outcome(
+            lost=accepted, resubmissions=tracked.resubmissions, refused=tracked.skip
+        )
         await self.on_terminal(tracked.batch, batch_id, outcome)
 
     async def _look_up_missing(self, found: dict[str, dict[str, int]], asked: set[str]) -> None:
