@@ -237,7 +237,7 @@ class Pipeline:
             self.metrics.consumed(tp.topic, len(records))
             self.stats.consumed += len(records)
         if batches:
-            self.metrics.set_pending(self.window.pending_records + self._dead_letters_open)
+            self._update_pending()
             self._notify()
 
     async def _step_past_unreadable(self, first: Exception) -> None:
@@ -415,7 +415,7 @@ class Pipeline:
             self._in_flight -= 1
             self._check_idle()
             self.metrics.set_in_flight(self._in_flight)
-            self.metrics.set_pending(self.window.pending_records + self._dead_letters_open)
+            self._update_pending()
             self._requests.release()
             self._notify()
 
@@ -619,6 +619,7 @@ class Pipeline:
             self.metrics.delivered(batch.entity.endpoint, settled, [])
             self.stats.delivered += settled
         self.window.finish(batch)
+        self._update_pending()
         self._check_idle()
         self._notify()
         log.info(
@@ -706,7 +707,13 @@ class Pipeline:
             self._finish_refs(refs)
         finally:
             self._dead_letters_open -= 1
+            self._update_pending()
             self._check_idle()
+
+    def _update_pending(self) -> None:
+        """connector_pending_records: taken in, not yet finished (in the window, in flight,
+        tracked, or being dead-lettered); set wherever one of those changes."""
+        self.metrics.set_pending(self.window.pending_records + self._dead_letters_open)
 
     def _busy(self) -> bool:
         return bool(self._in_flight or self._dead_letters_open or self._unsettled)

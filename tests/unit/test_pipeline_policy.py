@@ -49,10 +49,16 @@ def _settings(**pipeline: Any) -> Settings:
     )
 
 
-def _pipeline(settings: Settings, consumer: MemoryConsumer, sink: MemorySink) -> Pipeline:
+def _pipeline(
+    settings: Settings,
+    consumer: MemoryConsumer,
+    sink: MemorySink,
+    registry: CollectorRegistry | None = None,
+) -> Pipeline:
     with memory_sink(settings, sink) as configured:
         return Pipeline(
-            configured, consumer=consumer, sink=sink, metrics=Metrics(CollectorRegistry()),
+            configured, consumer=consumer, sink=sink,
+            metrics=Metrics(registry or CollectorRegistry()),
             dead_letters=DeadLetterWriter(_Producer(), "dlq"),
         )  # fmt: skip
 
@@ -99,6 +105,28 @@ async def test_a_sink_that_settles_later_holds_the_commit_until_it_reports() -> 
         pipeline.begin_drain()
     assert sink.settled >= 1
     assert pipeline.stats.delivered == 5, "counted delivered once, when settled"
+
+
+async def test_the_pending_gauge_returns_to_zero_once_everything_is_finished() -> None:
+    """Records a sink settles later leave the gauge when they settle, not at the next intake."""
+    consumer, sink = MemoryConsumer(TOPIC), MemorySink(settle_later=True)
+    for i in range(5):
+        consumer.add(*_building(i))
+    settings = _settings()
+    settings = settings.model_copy(
+        update={"tracking": settings.tracking.model_copy(update={"commit_on": "completed"})}
+    )
+    registry = CollectorRegistry()
+    pipeline = _pipeline(settings, consumer, sink, registry)
+
+    def pending() -> float | None:
+        return registry.get_sample_value("connector_pending_records")
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(pipeline.run)
+        await _until(lambda: consumer.committed_positions() == {0: 5}, "all finished")
+        await _until(lambda: pending() == 0, "the gauge at 0")
+        pipeline.begin_drain()
 
 
 async def test_a_revoke_during_a_drain_does_not_leave_the_drain_waiting_for_its_grace() -> None:
