@@ -359,9 +359,7 @@ class Tracker:
             extra={"batch_id": batch_id, "endpoint": tracked.batch.entity.endpoint,
                    "resubmissions": tracked.resubmissions},
         )  # fmt: skip
-        outcome = Outcome(
-            lost=accepted, resubmissions=tracked.resubmissions, refused=tracked.skip
-        )
+        outcome = Outcome(lost=accepted, resubmissions=tracked.resubmissions, refused=tracked.skip)
         await self.on_terminal(tracked.batch, batch_id, outcome)
 
     async def _look_up_missing(self, found: dict[str, dict[str, int]], asked: set[str]) -> None:
