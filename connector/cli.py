@@ -118,14 +118,19 @@ def build_parser(*, emulators: bool = True) -> argparse.ArgumentParser:
                 emulator,
             )  # fmt: skip
 
+    from connector.sources import LOGINS  # noqa: PLC0415 - stdlib-only at import
+
     auth = sub.add_parser(
-        "auth", help="log in once to a platform that needs a person (bimlink), store the token"
+        "auth",
+        help=f"log in once to a platform that needs a person ({', '.join(LOGINS)}), "
+        "store the token",
     )
-    auth.add_argument("platform", choices=["bimlink"], help="which platform")
+    auth.add_argument("platform", choices=LOGINS, help="which platform")
     _config_arg(auth)
     auth.add_argument(
         "--source", default=None, metavar="NAME",
-        help="which bimlink source of the config, by name (needed only when there are several)",
+        help="which source of that platform in the config, by name (needed only when there "
+        "are several)",
     )  # fmt: skip
     auth.add_argument(
         "--no-browser", action="store_true", help="only print the login URL, do not open it"
@@ -301,12 +306,12 @@ def cmd_auth(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     settings = _load(args, err)
     if settings is None:
         return EXIT_USAGE
-    from connector.config import BimlinkSourceSettings  # noqa: PLC0415
-    from connector.sources.bimlink_auth import LoginFailed, login  # noqa: PLC0415
+    from connector.sources import login  # noqa: PLC0415 - see `main`
+    from connector.sources.base import LoginFailed  # noqa: PLC0415
 
     candidates = [
         s for s in settings.sources
-        if isinstance(s, BimlinkSourceSettings) and args.source in (None, s.name or s.type)
+        if s.type == args.platform and args.source in (None, s.name or s.type)
     ]  # fmt: skip
     if len(candidates) != 1:
         what, hint = (

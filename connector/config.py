@@ -42,7 +42,7 @@ from pydantic import (
     model_validator,
 )
 
-from connector.entities import ENTITIES, SITE_TYPES, find_entity
+from connector.entities import ENTITIES, find_entity
 from connector.errors import ConfigError
 from connector.logs import get_logger, redact, register_secret
 from connector.mapping import CompiledMapping, compile_mapping
@@ -58,6 +58,9 @@ from connector.sections import (
 )
 from connector.sinks import SINKS, settings_models
 from connector.sinks.settings import RateLimitSettings, SinkSettings
+from connector.sources import SOURCES
+from connector.sources import settings_models as source_settings_models
+from connector.sources.settings import SourceSettings
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -65,8 +68,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ENV_PREFIX",
     "AnySourceSettings",
-    "BimlinkSourceSettings",
-    "BimplusSourceSettings",
     "KafkaSettings",
     "LoggingSettings",
     "MappingFieldSettings",
@@ -93,25 +94,18 @@ SECRET_FILE_KEYS: tuple[tuple[str, ...], ...] = (
     ("schema_registry", "password"),
     ("schema_registry", "token"),
 )
-# The same, in each item of `sources`.
-SOURCE_SECRET_KEYS: tuple[str, ...] = ("client_secret", "password")
+# The same in each item of `sources`: `SOURCE_SECRET_KEYS` (below), every source type's secrets.
 
 log = get_logger(__name__)
 
 
-# The building blocks are shared with the sink packages' own sections (connector.sections).
+# The building blocks are shared with the sink and source packages' sections (connector.sections).
 class _Section(BaseModel):
     model_config = Section.model_config
 
 
 _existing_file = existing_file
 _http_url = http_url
-
-
-def _site_type(value: str) -> str:
-    if value not in SITE_TYPES:
-        raise ValueError(f"must be a BuildingMinds site type: {', '.join(sorted(SITE_TYPES))}")
-    return value
 
 
 def _topic_name(value: str) -> str:
@@ -250,218 +244,16 @@ class ReceiptsSettings(_Section):
         return _topic_name(value)
 
 
-class SourceSettings(_Section):
-    """What every polling source shares: where its change events and its snapshot go.
-
-    A source reads a platform's current state every `poll_interval_seconds`, compares it with
-    the last snapshot (kept in the compacted `snapshot_topic`) and publishes the differences to
-    `topic` as BuildingMinds native change events (connector/sources/base.py).
-    """
-
-    name: str | None = None
-    """Tells two sources of one type apart in the snapshot topic and in logs (default: type)."""
-    topic: str = "building-changes"
-    snapshot_topic: str = "building-twin-connector.snapshots"
-    poll_interval_seconds: PositiveFloat = 300.0
-    request_timeout_seconds: PositiveFloat = 30.0
-    tls_verify: bool = True
-    ca_file: Path | None = None
-
-    @field_validator("ca_file")
-    @classmethod
-    def _source_ca_exists(cls, value: Path | None) -> Path | None:
-        return _existing_file(value)
-
-
-class BimlinkSourceSettings(SourceSettings):
-    """BIMlink (BIMcollab Twin) Public API, read as a source (connector/sources/bimlink.py).
-
-    The credential is a user's refresh token, obtained once by `connector auth bimlink` and
-    kept (rotated at every use) in `refresh_token_file`; docs/bimlink.md explains each key.
-    """
-
-    type: Literal["bimlink"]
-    base_url: str = "https://api.bimlink.nl"
-    api_prefix: str = "/api/v1"
-    """Path of the API below base_url (inferred; set "" if the Swagger shows none)."""
-    authority_url: str = "https://api.bimlink.nl"
-    """The auth server: /connect/authorize and /connect/token live below it (quickstart)."""
-    client_id: str
-    client_secret: SecretStr | None = None
-    scope: str = "bimlink_publicapi offline_access"
-    refresh_token_file: Path
-    redirect_port: Annotated[int, Field(ge=1, le=65535)] = 8765
-    login_timeout_seconds: PositiveFloat = 300.0
-    domain_account_ids: tuple[str, ...] = ()
-    """Domain accounts to read; empty: every account the user sees."""
-    page_limit: Annotated[int, Field(ge=1, le=1000)] = 100
-    phase_names: tuple[str, ...] = ()
-    """Which project phase gives a building its floors and spaces: the first phase whose name
-    matches one of these (case-insensitive), else the project's last phase."""
-    site_type: str = "Other"
-    default_country: str = "NL"
-    default_city: str = "Unknown"
-    valid_from: str = "1900-01-01T00:00:00Z"
-    valid_until: str = "9999-12-31T23:59:59Z"
-    token_skew_seconds: NonNegativeFloat = 60.0
-    max_attempts: Annotated[int, Field(ge=1, le=20)] = 4
-    """Tries per API request (5xx, resets, timeouts, 429) before the poll fails and backs off."""
-    max_retry_after_seconds: PositiveFloat = 60.0
-
-    @field_validator("base_url", "authority_url")
-    @classmethod
-    def _bimlink_urls(cls, value: str) -> str:
-        return _http_url(value)
-
-    @field_validator("api_prefix")
-    @classmethod
-    def _bimlink_prefix(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        if value and not value.startswith("/"):
-            raise ValueError("must be empty or start with '/', e.g. /api/v1")
-        return value
-
-    @field_validator("client_id")
-    @classmethod
-    def _bimlink_client(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty: the client ID BIMlink support gave you")
-        return value.strip()
-
-    @field_validator("scope")
-    @classmethod
-    def _bimlink_scope(cls, value: str) -> str:
-        scopes = value.split()
-        missing = [s for s in ("bimlink_publicapi", "offline_access") if s not in scopes]
-        if missing:
-            raise ValueError(
-                f"must include {' and '.join(missing)} (bimlink_publicapi reads the API, "
-                "offline_access gives the refresh token the connector runs on)"
-            )
-        return " ".join(scopes)
-
-    @field_validator("site_type")
-    @classmethod
-    def _bimlink_site_type(cls, value: str) -> str:
-        return _site_type(value)
-
-    @field_validator("default_country")
-    @classmethod
-    def _bimlink_country(cls, value: str) -> str:
-        if len(value) != 2 or not value.isalpha():
-            raise ValueError("must be an ISO 3166 alpha-2 code such as NL")
-        return value.upper()
-
-    @field_validator("valid_from", "valid_until")
-    @classmethod
-    def _bimlink_dates(cls, value: str) -> str:
-        from datetime import datetime  # noqa: PLC0415
-
-        try:
-            datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")  # noqa: DTZ007 - checked, not used
-        except ValueError:
-            raise ValueError("must be a UTC date-time like 2024-01-31T00:00:00Z") from None
-        return value
-
-    @field_validator("domain_account_ids", "phase_names")
-    @classmethod
-    def _bimlink_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if any(not v.strip() for v in value):
-            raise ValueError("must not contain empty values")
-        return tuple(v.strip() for v in value)
-
-    @property
-    def token_url(self) -> str:
-        return f"{self.authority_url}/connect/token"
-
-    @property
-    def authorize_url(self) -> str:
-        return f"{self.authority_url}/connect/authorize"
-
-    @property
-    def redirect_uri(self) -> str:
-        """The URI `connector auth bimlink` listens on; BIMlink must whitelist it exactly."""
-        return f"http://127.0.0.1:{self.redirect_port}/callback"
-
-
-class BimplusSourceSettings(SourceSettings):
-    """Bimplus (Allplan) API, read as a source (connector/sources/bimplus.py, docs/bimplus.md).
-
-    `auth: oidc` (the default) finds the token endpoint by OIDC discovery and uses client
-    credentials, or the password grant when `username` is set; `auth: legacy` uses the obsolete
-    `POST /v2/authorize` with `username`, `password` and `application_id` (`BimPlus` tokens).
-    """
-
-    type: Literal["bimplus"]
-    base_url: str = "https://api-stage.bimplus.net/v2"
-    discovery_url: str | None = None
-    """Default: `{base_url}/.well-known/openid-configuration`."""
-    auth: Literal["oidc", "legacy"] = "oidc"
-    client_id: str | None = None
-    client_secret: SecretStr | None = None
-    scope: str | None = None
-    username: str | None = None
-    password: SecretStr | None = None
-    application_id: str | None = None
-    team_slug: str | None = None
-    site_type: str = "Other"
-    """BuildingMinds Site `type` of every project (Bimplus has no such field)."""
-    default_country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] = "DE"
-    default_city: str = "Unknown"
-    token_skew_seconds: NonNegativeFloat = 300.0
-
-    @field_validator("base_url", "discovery_url")
-    @classmethod
-    def _bimplus_urls(cls, value: str | None) -> str | None:
-        return None if value is None else _http_url(value)
-
-    @field_validator("site_type")
-    @classmethod
-    def _bimplus_site_type(cls, value: str) -> str:
-        return _site_type(value)
-
-    @field_validator("team_slug")
-    @classmethod
-    def _slug(cls, value: str | None) -> str | None:
-        allowed = set("abcdefghijklmnopqrstuvwxyz0123456789-")
-        if value is not None and (not value or not set(value) <= allowed):
-            raise ValueError("a team slug is lowercase letters, digits and '-', e.g. my-team")
-        return value
-
-    @model_validator(mode="after")
-    def _bimplus_credentials(self) -> BimplusSourceSettings:
-        values = {
-            "client_id": self.client_id, "username": self.username,
-            "application_id": self.application_id,
-            "client_secret": self.client_secret and self.client_secret.get_secret_value(),
-            "password": self.password and self.password.get_secret_value(),
-        }  # fmt: skip
-        given = {k for k, v in values.items() if v and v.strip()}
-        if self.auth == "legacy":
-            needed = ["username", "password", "application_id"]
-            why = "auth: legacy (POST /v2/authorize) needs"
-        elif "username" in given or "password" in given:
-            needed = ["client_id", "username", "password"]
-            why = "auth: oidc with a user (password grant) needs"
-        else:
-            needed = ["client_id", "client_secret"]
-            why = "auth: oidc (client credentials) needs"
-        missing = [k for k in needed if k not in given]
-        if missing:
-            files = [f"{k}_file" for k in missing if k in ("password", "client_secret")]
-            hint = f" (secrets may come from {' / '.join(files)})" if files else ""
-            raise ValueError(f"{why} {', '.join(needed)}; missing: {', '.join(missing)}{hint}")
-        return self
-
-    @property
-    def discovery(self) -> str:
-        """Where the OIDC discovery document is read."""
-        return self.discovery_url or f"{self.base_url}/.well-known/openid-configuration"
-
-
-AnySourceSettings = Annotated[
-    BimlinkSourceSettings | BimplusSourceSettings, Field(discriminator="type")
-]
+# `sources`: one section per source package, told apart by `type` (connector/sources/)
+_SOURCE_SETS: dict[str, type[SourceSettings]] = dict(
+    zip(SOURCES, source_settings_models(), strict=True)
+)
+if TYPE_CHECKING:
+    AnySourceSettings = SourceSettings
+else:
+    AnySourceSettings = Annotated[
+        typing.Union[tuple(_SOURCE_SETS.values())], Field(discriminator="type")  # noqa: UP007
+    ]
 
 
 class MappingFieldSettings(_Section):
@@ -897,12 +689,7 @@ def _unsafe_choices(settings: Settings) -> list[str]:
     for index, source in enumerate(settings.sources):
         prefix = f"sources.{index}"
         tls.append((prefix, source.tls_verify))
-        if isinstance(source, BimlinkSourceSettings):
-            urls += [(f"{prefix}.base_url", source.base_url)]
-            urls += [(f"{prefix}.authority_url", source.authority_url)]
-        else:
-            urls += [(f"{prefix}.base_url", source.base_url)]
-            urls += [(f"{prefix}.discovery_url", source.discovery_url)]
+        urls += [(f"{prefix}.{key}", getattr(source, key)) for key in source.url_keys]
     if settings.schema_registry.url is not None:
         urls.append(("schema_registry.url", settings.schema_registry.url))
         tls.append(("schema_registry", settings.schema_registry.tls_verify))
@@ -945,10 +732,15 @@ _FIELD_SETS: dict[str, type[BaseModel]] = {
 }
 
 
-_SOURCE_SETS: dict[str, type[BaseModel]] = {
-    "bimlink": BimlinkSourceSettings,
-    "bimplus": BimplusSourceSettings,
-}
+# Every secret key of a source type (client_secret, password), which may be `<key>_file` too.
+SOURCE_SECRET_KEYS: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        name
+        for model in _SOURCE_SETS.values()
+        for name, field in model.model_fields.items()
+        if SecretStr in _union_members(field.annotation)
+    )
+)
 
 _LIST_HINT = (
     "a list: in the file [a, b] or one item per '- ' line; in an environment variable a,b or [a, b]"

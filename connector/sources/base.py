@@ -44,11 +44,19 @@ from connector.ratelimit import Backoff
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from connector.config import SourceSettings
     from connector.metrics import Metrics
     from connector.ratelimit import Clock
+    from connector.sources.settings import SourceSettings
 
-__all__ = ["Change", "Item", "Poller", "SnapshotStore", "Source", "changes_between"]
+__all__ = [
+    "Change",
+    "Item",
+    "LoginFailed",
+    "Poller",
+    "SnapshotStore",
+    "Source",
+    "changes_between",
+]
 
 log = get_logger(__name__)
 
@@ -118,6 +126,11 @@ class Source(Protocol):
         obtained here is handled as a poll handles it (a rotated refresh token is stored).
         """
         ...
+
+
+class LoginFailed(ConnectorError):
+    """`connector auth PLATFORM` (a source package's `auth.login`) could not obtain the
+    credential a person's login gives; the message says why and what to do."""
 
 
 def snapshot_key(source: str, entity: Entity, external_id: str) -> str:

@@ -23,8 +23,8 @@ import anyio
 import orjson
 from aiohttp.test_utils import TestServer
 
-from connector.config import BimlinkSourceSettings
-from connector.sources.bimlink_auth import LoginFailed, login
+from connector.sources.bimlink.auth import LoginFailed, login
+from connector.sources.bimlink.settings import BimlinkSourceSettings
 from tests.kafka_fixtures import wait_until
 from tests.support.served import Reply
 from twin_emulators.bimlink import STATE_KEY, BimlinkOptions, BimlinkState, create_app

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from connector.cli import EXIT_CHECK_FAILED, EXIT_OK, main
-from connector.sources.bimlink_auth import RefreshTokenFile
+from connector.sources.bimlink.auth import RefreshTokenFile
 from tests.bimlink.helpers import Bimlink, free_port, options_for, running_bimlink
 from tests.integration.helpers import running_emulator
 from twin_emulators.bimlink_data import demo_id

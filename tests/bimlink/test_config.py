@@ -6,7 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from connector.config import BimlinkSourceSettings, load_settings
+from connector.config import load_settings
+from connector.sources.bimlink.settings import BimlinkSourceSettings
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "connector.bimlink.yaml"
 

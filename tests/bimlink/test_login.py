@@ -131,7 +131,7 @@ async def test_port_in_use(bimlink: Bimlink, tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", bimlink.redirect_port))
         busy.listen()
-        from connector.sources.bimlink_auth import LoginFailed, login  # noqa: PLC0415
+        from connector.sources.bimlink.auth import LoginFailed, login  # noqa: PLC0415
 
         with pytest.raises(LoginFailed, match=r"cannot listen on 127\.0\.0\.1"):
             await login(source_settings(bimlink, tmp_path / "t.json"), out=io.StringIO())

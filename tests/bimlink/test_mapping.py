@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from connector.config import BimlinkSourceSettings
 from connector.errors import ConfigError
-from connector.sources.bimlink import choose_phase, external_id, map_locations
+from connector.sources.bimlink.client import choose_phase, external_id, map_locations
+from connector.sources.bimlink.settings import BimlinkSourceSettings
 from twin_emulators.buildingminds_model import ENTITIES as SPECS
 from twin_emulators.buildingminds_model import validate_record
 

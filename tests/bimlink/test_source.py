@@ -25,8 +25,8 @@ from connector.errors import (
     ServerError,
     TokenEndpointUnavailable,
 )
-from connector.sources.bimlink import BimlinkSource
-from connector.sources.bimlink_auth import RefreshTokenFile, RefreshTokenGrant
+from connector.sources.bimlink.auth import RefreshTokenFile, RefreshTokenGrant
+from connector.sources.bimlink.client import BimlinkSource
 from tests.bimlink.helpers import (
     Bimlink,
     free_port,
@@ -179,12 +179,12 @@ async def test_an_unwritable_token_file_is_an_error_not_a_lost_token(
     def full_disk(*_: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("connector.sources.bimlink_auth.os.replace", full_disk)
+    monkeypatch.setattr("connector.sources.bimlink.auth.os.replace", full_disk)
     source, _ = make_source(bimlink, session, token_file, clock)
     with pytest.raises(CredentialsRejected, match="cannot be written"):
         await source.snapshot()
     assert os.listdir(tmp_path) == ["t.json"], "no temporary file is left behind"
-    monkeypatch.setattr("connector.sources.bimlink_auth.os.replace", real_replace)
+    monkeypatch.setattr("connector.sources.bimlink.auth.os.replace", real_replace)
     # Fixed: the rotated token kept in memory is the one that still works, and is stored.
     assert len(await source.snapshot()) > 0
     assert orjson.loads(token_file.read_text())["refresh_token"] in source.grant.secrets()

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
-from connector.config import BimplusSourceSettings, Settings
+from connector.sources.bimplus.settings import BimplusSourceSettings
 from tests.integration.helpers import read_topic, running_emulator, settings_for
 from tests.kafka_fixtures import wait_until
 from tests.support.pipeline import running_connector
@@ -24,6 +24,7 @@ from twin_emulators.buildingminds import EmulatorOptions
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from connector.config import Settings
     from tests.integration.helpers import Emulator
     from tests.kafka_fixtures import NewTopicFactory
 

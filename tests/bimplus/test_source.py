@@ -14,7 +14,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from connector.config import BimplusSourceSettings, load_settings
+from connector.config import load_settings
 from connector.errors import (
     ConfigError,
     CredentialsRejected,
@@ -24,7 +24,8 @@ from connector.errors import (
     TokenEndpointUnavailable,
 )
 from connector.sources.base import Change
-from connector.sources.bimplus import BimplusSource, external_id, iso_datetime, map_topology
+from connector.sources.bimplus.client import BimplusSource, external_id, iso_datetime, map_topology
+from connector.sources.bimplus.settings import BimplusSourceSettings
 from twin_emulators.bimplus_state import DEMO_APPLICATION_ID, DEMO_PASSWORD, DEMO_USER
 from twin_emulators.buildingminds_model import ENTITIES as RULES
 from twin_emulators.buildingminds_model import validate_record

@@ -29,7 +29,6 @@ from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 
 from connector.auth import BearerAuth, ClientCredentials, TokenProvider
-from connector.config import BimlinkSourceSettings, BimplusSourceSettings
 from connector.errors import (
     ConnectorError,
     CredentialsRejected,
@@ -42,9 +41,11 @@ from connector.ratelimit import RollingWindowLimiter
 from connector.sessions import http_session
 from connector.sinks.buildingminds import BuildingMindsSink
 from connector.sinks.buildingx import APIS, BuildingXSink
-from connector.sources.bimlink import BimlinkSource
-from connector.sources.bimlink_auth import RefreshTokenFile
-from connector.sources.bimplus import BimplusSource
+from connector.sources.bimlink.auth import RefreshTokenFile
+from connector.sources.bimlink.client import BimlinkSource
+from connector.sources.bimlink.settings import BimlinkSourceSettings
+from connector.sources.bimplus.client import BimplusSource
+from connector.sources.bimplus.settings import BimplusSourceSettings
 from tests.support.batches import batch_of
 
 if TYPE_CHECKING:

@@ -15,11 +15,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
-from connector.config import BimlinkSourceSettings
 from connector.entities import ENTITIES
 from connector.errors import CredentialsRejected, ServerError
 from connector.metrics import Metrics
 from connector.sources.base import Change, Item, Poller, SnapshotStore, changes_between
+from connector.sources.bimlink.settings import BimlinkSourceSettings
 from tests.integration.helpers import read_topic
 from tests.kafka_fixtures import wait_until
 

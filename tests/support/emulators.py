@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from connector.config import BimplusSourceSettings
+from connector.sources.bimplus.settings import BimplusSourceSettings
 from tests.support.served import Reply, fetch
 from twin_emulators.bimplus_state import (
     DEMO_APPLICATION_ID,

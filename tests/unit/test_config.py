@@ -10,6 +10,8 @@ import pytest
 from connector.config import Settings, env_name, load_settings
 from connector.errors import ConfigError
 from connector.sinks.buildingminds.settings import BuildingMindsSinkSettings
+from connector.sources.bimlink.settings import BimlinkSourceSettings
+from connector.sources.bimplus.settings import BimplusSourceSettings
 
 SECRET = "s3cr3t-Value-that-must-never-print"
 
@@ -233,7 +235,7 @@ def test_environment_overrides_reach_a_list_item_and_secret_files_work_there(
     }
     settings = load_settings(path, env)
     assert settings.sources[0].poll_interval_seconds == 42
-    assert settings.sources[0].type == "bimlink"
+    assert isinstance(settings.sources[0], BimlinkSourceSettings)
     assert settings.sources[0].client_secret is not None
     assert settings.sources[0].client_secret.get_secret_value() == SECRET
     assert SECRET not in repr(settings) + str(settings.summary())
@@ -260,7 +262,8 @@ def test_secrets_from_the_environment_are_taken_verbatim(tmp_path: Path, value: 
     assert settings.sink.client_secret.get_secret_value() == value
     assert settings.kafka.sasl_password is not None
     assert settings.kafka.sasl_password.get_secret_value() == value
-    password = settings.sources[0].password  # type: ignore[union-attr]
+    assert isinstance(settings.sources[0], BimplusSourceSettings)
+    password = settings.sources[0].password
     assert password is not None
     assert password.get_secret_value() == value
 

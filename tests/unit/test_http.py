@@ -28,7 +28,6 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import SecretStr
 
 from connector.auth import BearerAuth, ClientCredentials, TokenProvider
-from connector.config import BimlinkSourceSettings
 from connector.errors import (
     CredentialsRejected,
     EndpointMisconfigured,
@@ -43,7 +42,8 @@ from connector.http import ACCEPT_ENCODING, PLAIN_HTTP_HINT, Answer, StatusTable
 from connector.logs import register_secret
 from connector.sessions import http_session
 from connector.sinks.buildingminds import BuildingMindsSink
-from connector.sources.bimlink_auth import LoginFailed, RefreshTokenFile, _exchange
+from connector.sources.bimlink.auth import LoginFailed, RefreshTokenFile, _exchange
+from connector.sources.bimlink.settings import BimlinkSourceSettings
 from tests.support.batches import batch_of
 from twin_devtools.devbroker import free_port
 

@@ -13,8 +13,9 @@ Owns:
 - `RefreshTokenGrant`: the `Grant` for `connector.auth.TokenProvider`; every rotated token is
   stored back before the new access token is used, so a crash never leaves only a revoked
   token on disk;
-- `login`: the redirect listener, state and PKCE checks, the code exchange, and an actionable
-  `LoginFailed` for each way the login can go wrong.
+- `login`: this package's `auth` hook (`connector.sources.LOGINS`, run by `connector auth
+  bimlink`): the redirect listener, state and PKCE checks, the code exchange, and an
+  actionable `LoginFailed` (`connector.sources.base`) for each way the login can go wrong.
 
 Must not: print or log a token or the client secret, or listen anywhere but 127.0.0.1.
 """
@@ -39,9 +40,10 @@ import anyio
 import orjson
 from aiohttp import web
 
-from connector.errors import ApiError, ConnectorError, CredentialsRejected
+from connector.errors import ApiError, CredentialsRejected
 from connector.http import send
 from connector.logs import get_logger
+from connector.sources.base import LoginFailed
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
 
     from pydantic import SecretStr
 
-    from connector.config import BimlinkSourceSettings
+    from connector.sources.bimlink.settings import BimlinkSourceSettings
 
 __all__ = [
     "LoginFailed",
@@ -71,11 +73,6 @@ def relogin_hint(path: Path) -> str:
         f"run `building-twin-connector auth bimlink --config FILE` again to log in and store "
         f"a new refresh token in {path}"
     )
-
-
-class LoginFailed(ConnectorError):
-    """`connector auth bimlink` could not obtain a refresh token; the message says why and what
-    to do."""
 
 
 class RefreshTokenFile:

@@ -5,7 +5,7 @@ Owns reading one user's view of BIMlink completely (domain accounts -> locations
 project phases -> spatial structure elements, every list paged by `limit`/`offset` until its
 `Pagination-Result` total is read), retrying single requests on 429/5xx/resets, and mapping
 what was read to `Item`s (`map_locations`, pure). Auth is a refresh-token grant
-(connector/sources/bimlink_auth.py) behind the shared `TokenProvider` and `BearerAuth`.
+(`connector.sources.bimlink.auth`) behind the shared `TokenProvider` and `BearerAuth`.
 
 Mapping (docs/bimlink.md has the full table; choices the public docs leave open are inferred):
 
@@ -51,13 +51,13 @@ from connector.http import StatusTable, send
 from connector.logs import get_logger, redact
 from connector.ratelimit import Backoff
 from connector.sources.base import Item
-from connector.sources.bimlink_auth import RefreshTokenFile, RefreshTokenGrant
+from connector.sources.bimlink.auth import RefreshTokenFile, RefreshTokenGrant
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-    from connector.config import BimlinkSourceSettings
     from connector.ratelimit import Clock
+    from connector.sources.bimlink.settings import BimlinkSourceSettings
 
 __all__ = ["BimlinkSource", "choose_phase", "external_id", "map_locations"]
 

@@ -65,8 +65,8 @@ if TYPE_CHECKING:
     from pydantic import SecretStr
 
     from connector.auth import Grant
-    from connector.config import BimplusSourceSettings
     from connector.ratelimit import Clock
+    from connector.sources.bimplus.settings import BimplusSourceSettings
 
 __all__ = [
     "BimplusSource",
