@@ -1,9 +1,9 @@
 """The building blocks of the settings: the frozen section base, the number types, the
 validators several sections share, and the environment variable name of a key.
 
-`connector.config` assembles the sections into `Settings`; the sink packages build their own
-sections (`connector/sinks/<name>/settings.py`) from these same blocks, without importing
-`connector.config` (which imports them).
+`connector.config` assembles the sections into `Settings`; the sink and source packages build
+their own sections (`connector/{sinks,sources}/<name>/settings.py`) from these same blocks,
+without importing `connector.config` (which imports them).
 
 Must not: import anything of the connector but `connector.errors`.
 """
