@@ -23,8 +23,8 @@ from connector.errors import ConnectorError
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from connector.app import Pipeline
     from connector.config import Settings
+    from connector.pipeline import Pipeline
 
 __all__ = ["STALL_SECONDS", "StartupFailed", "Status", "bind_health"]
 

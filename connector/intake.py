@@ -7,7 +7,13 @@ an in-memory consumer (`tests/support/consumer.py`) without a broker.
 `backpressure` is the pause / resume decision as a pure function: pause while too much is
 unsent, resume below the low-water mark (`pipeline.resume_ratio`).
 
-Must not: commit, decode or deliver (the pipeline does).
+`Intake` is the consume loop of one `Pipeline`: fetch, the schema-registry gate
+(`schemaregistry`), decode, into the pipeline's window; a batch aiokafka cannot parse is read
+record by record and what cannot be read is dead-lettered by its coordinates; fetching pauses
+and resumes as `backpressure` decides. Fetched batches are parsed by `kafkarecords`, so a
+record whose header keys are not UTF-8 is dead-lettered as `undecodable_record`.
+
+Must not: commit, deliver or name a sink (a rejected record goes to `Delivery.dead_letter`).
 """
 
 from __future__ import annotations
@@ -15,12 +21,31 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from aiokafka.errors import CorruptRecordException, UnsupportedCodecError
+
+from connector.deadletter import DeadLetter
+from connector.decode import Change, Decoder, Reason, Rejection, Skip
+from connector.kafkarecords import undecodable_header_keys
+from connector.logs import get_logger
+from connector.offsets import TopicPartitionKey
+from connector.schemaregistry import build_gate
+from connector.window import Ref
+
 if TYPE_CHECKING:
     from aiokafka import TopicPartition
 
     from connector.config import PipelineSettings
+    from connector.pipeline import Pipeline
 
-__all__ = ["Consumer", "Pressure", "backpressure"]
+__all__ = ["STEP_LIMIT", "STEP_WAIT_MS", "Consumer", "Intake", "Pressure", "backpressure"]
+
+log = get_logger(__name__)
+
+# what aiokafka raises from `getmany` when it cannot parse a fetched batch (a compression codec
+# this process lacks, a corrupt batch): the records, not the connection, are at fault
+_UNREADABLE = (CorruptRecordException, UnsupportedCodecError, UnicodeDecodeError, ValueError)
+STEP_LIMIT = 5000  # records read one at a time per partition after an unreadable batch
+STEP_WAIT_MS = 300  # and how long each single read waits for a fetch
 
 
 class Consumer(Protocol):
@@ -74,3 +99,163 @@ def backpressure(
     if paused and under:
         return Pressure.RESUME
     return Pressure.STAY
+
+
+class Intake:
+    """The consume loop of pipeline `p` (`consume`, one task of its task group): takes
+    records into `p.window` and tracks their offsets in `p.offsets`, until `p` drains."""
+
+    def __init__(self, p: Pipeline) -> None:
+        self.p = p
+        self.consumer = p.consumer
+        self.paused = False  # fetching paused by backpressure
+        # Avro / JSON Schema values: their schemas are fetched before a batch is decoded
+        self.schemas, cache = build_gate(p.settings.schema_registry, metrics=p.metrics,
+                                         clock=p.clock)  # fmt: skip
+        self.decoder = Decoder(
+            p.settings.kafka.topic_entities, p.settings.window.max_record_bytes,
+            p.settings.mappings, schemas=cache,
+        )  # fmt: skip
+
+    async def consume(self) -> None:
+        while not self.p.draining:
+            self.p.heartbeat = self.p.clock()
+            self._apply_backpressure()
+            try:
+                batches = await self.consumer.getmany(timeout_ms=200, max_records=2000)
+            except _UNREADABLE as exc:
+                await self._step_past_unreadable(exc)
+                continue
+            if self.schemas is not None:  # fetch the schemas it names; retry held partitions
+                batches = await self.schemas.admit(batches, self.consumer)
+            self._take_in_all(batches)
+
+    def _take_in_all(self, batches: dict[Any, list[Any]]) -> None:
+        for tp, records in batches.items():
+            key = TopicPartitionKey(tp.topic, tp.partition)
+            for rec in records:
+                self._take_in(key, rec)
+            self.p.metrics.consumed(tp.topic, len(records))
+            self.p.stats.consumed += len(records)
+        if batches:
+            self.p.delivery.update_pending()
+            self.p.delivery.notify()
+
+    async def _step_past_unreadable(self, first: Exception) -> None:
+        """aiokafka could not parse a fetched batch (`kafkarecords` reads what it can): find
+        the records at fault and dead-letter them by their coordinates.
+
+        The failed `getmany` had already moved the positions of whatever it drained from other
+        partitions, so every partition goes back to where this pipeline stopped taking in.
+        Then each is read one record at a time: a record that fails twice at the same position
+        (once could be a corrupt fetch) is dead-lettered as `undecodable_record` with only its
+        coordinates (neither key nor value could be read), and reading goes on after it."""
+        log.error(
+            "a fetched batch could not be read (%s): reading record by record; what cannot be "
+            "read is dead-lettered by its coordinates (for a compression codec: install it)",
+            first,
+        )
+        for tp in self.consumer.assignment():
+            await self._rewind(tp)
+        for tp in sorted(self.consumer.assignment()):
+            key = TopicPartitionKey(tp.topic, tp.partition)
+            failed_at: int | None = None
+            settle = False  # a seek leaves one stale, empty answer behind
+            for _ in range(STEP_LIMIT):
+                if self.p.draining:
+                    return
+                try:
+                    got = await self.consumer.getmany(tp, timeout_ms=STEP_WAIT_MS, max_records=1)
+                except _UNREADABLE as exc:
+                    position = await self.consumer.position(tp)
+                    if failed_at != position:
+                        failed_at = position  # once more, from a fresh fetch
+                    else:
+                        self._unreadable(key, position, exc)
+                        failed_at = None
+                        position += 1
+                    self.consumer.seek(tp, position)
+                    settle = True
+                    continue
+                if not got:
+                    if settle:
+                        settle = False
+                        continue
+                    break  # this partition's fetched data is taken in
+                if self.schemas is not None:  # a held partition is paused: the next read is empty
+                    got = await self.schemas.admit(got, self.consumer)
+                self._take_in_all(got)
+
+    async def _rewind(self, tp: TopicPartition) -> None:
+        """Seek `tp` to the first offset not taken in yet (from the group's commit if none)."""
+        offset = self.p.offsets.next_offset(TopicPartitionKey(tp.topic, tp.partition))
+        if offset is None:
+            offset = await self.consumer.committed(tp)
+        if offset is None:
+            await self.consumer.seek_to_beginning(tp)  # auto_offset_reset is earliest
+        else:
+            self.consumer.seek(tp, offset)
+
+    def _unreadable(self, key: TopicPartitionKey, offset: int, exc: Exception) -> None:
+        self.p.offsets.track(key, offset)
+        self.p.metrics.consumed(key.topic)
+        self.p.stats.consumed += 1
+        letter = DeadLetter(
+            key=None, value=None, headers=[], reason=Reason.UNDECODABLE_RECORD,
+            message=f"the record could not be read ({type(exc).__name__}: {exc}); only its "
+            "coordinates are known",
+            topic=key.topic, partition=key.partition, offset=offset,
+        )  # fmt: skip
+        refs = [Ref(key, offset, 0)]
+        self.p.start(self.p.delivery.dead_letter, letter, Reason.UNDECODABLE_RECORD, refs)
+
+    def _take_in(self, key: TopicPartitionKey, rec: Any) -> None:
+        self.p.offsets.track(key, rec.offset)
+        result: Change | Rejection | Skip
+        if undecodable := undecodable_header_keys(rec.headers or ()):
+            # read by `kafkarecords`' lenient parser: aiokafka could not decode its header keys
+            shown = ", ".join(repr(k.encode("utf-8", "surrogateescape")) for k in undecodable)
+            result = Rejection(Reason.UNDECODABLE_RECORD, f"header key is not UTF-8: {shown}")
+        else:
+            result = self.decoder.decode(rec)
+        if isinstance(result, Rejection):
+            letter = DeadLetter(
+                key=rec.key, value=rec.value, headers=list(rec.headers or ()),
+                reason=result.reason, message=result.message,
+                topic=key.topic, partition=key.partition, offset=rec.offset,
+                max_value_bytes=self.p.settings.window.max_record_bytes,
+            )  # fmt: skip
+            refs = [Ref(key, rec.offset, rec.timestamp)]
+            self.p.start(self.p.delivery.dead_letter, letter, result.reason, refs)
+            return
+        if isinstance(result, Skip):  # changes nothing on the platform: finished as it is
+            self.p.offsets.finish(key, rec.offset)
+            self.p.metrics.skipped(result.why)
+            self.p.stats.skipped += 1
+            return
+        ref = Ref(key, rec.offset, rec.timestamp, rec.key, tuple(rec.headers or ()))
+        if self.p.window.add(result, ref):
+            self.p.metrics.coalesced(result.entity.endpoint)
+            self.p.stats.coalesced += 1
+
+    def _apply_backpressure(self) -> None:
+        """Pause fetching while too much is unsent; resume below the low-water mark
+        (`intake.backpressure` decides)."""
+        unsent = self.p.window.unsent_records + self.p.delivery.dead_letters_open
+        held = self.p.window.pending_records
+        pending_bytes = self.p.window.pending_bytes
+        pressure = backpressure(
+            self.p.settings.pipeline, paused=self.paused, unsent=unsent, held=held,
+            pending_bytes=pending_bytes,
+        )  # fmt: skip
+        if pressure is Pressure.PAUSE:
+            self.consumer.pause(*self.consumer.assignment())
+            self.paused = True
+            log.info("paused fetching: %d unsent, %d held, %d bytes", unsent, held, pending_bytes)
+        elif pressure is Pressure.RESUME:
+            self.consumer.resume(*self.consumer.assignment())
+            self.paused = False
+            log.info("resumed fetching: %d unsent, %d held", unsent, held)
+        elif self.paused:
+            # partitions assigned by a rebalance meanwhile start unpaused
+            self.consumer.pause(*self.consumer.assignment())

@@ -5,7 +5,7 @@ superseded by a newer version that is itself finished. The committable position 
 partition is the first offset that is not finished (Kafka's "next offset to read"), so a
 commit never passes a gap. Offsets are tracked in the order they were consumed.
 
-Must not: talk to Kafka; the pipeline's commit loop (`connector.app`) commits what this
+Must not: talk to Kafka; the pipeline's commit loop (`connector.commits`) commits what this
 module computes.
 """
 

@@ -192,8 +192,8 @@ async def test_a_slow_api_keeps_memory_and_requests_bounded_without_rebalances(
             if pipeline_ref:
                 p = pipeline_ref[0]
                 peaks["pending"] = max(peaks["pending"], p.window.pending_records)
-                peaks["in_flight"] = max(peaks["in_flight"], p._in_flight)
-                paused_seen |= p._paused
+                peaks["in_flight"] = max(peaks["in_flight"], p.delivery.in_flight)
+                paused_seen |= p.intake.paused
             return await all_stored(emu, 6000)
 
         from connector.app import run_connector  # noqa: PLC0415
