@@ -61,10 +61,10 @@ from connector.logs import get_logger
 from twin_emulators import common
 from twin_emulators.bimlink_auth import DEMO_CLIENT, AccessGrant, AuthServer, OAuthClient
 from twin_emulators.bimlink_data import DEMO_USER, DataStore, Forbidden, NotFound, demo_store
-from twin_emulators.buildingminds_auth import RateLimiter, basic_credentials
-from twin_emulators.buildingminds_state import REQUEST_LOG_SIZE, LogEntry, iso_utc
-from twin_emulators.common import json_response, retry_after
+from twin_emulators.common import basic_credentials, json_response, retry_after
 from twin_emulators.faults import FaultInjector, FaultSettings
+from twin_emulators.limits import RateLimiter
+from twin_emulators.requestlog import REQUEST_LOG_SIZE, LogEntry, iso_utc
 
 if TYPE_CHECKING:
     import argparse

@@ -83,18 +83,18 @@ from twin_emulators.bimplus_state import (
     Project,
     Team,
 )
-from twin_emulators.buildingminds_auth import basic_credentials
-from twin_emulators.buildingminds_state import LogEntry
 from twin_emulators.common import (
     Caller,
     Gate,
     admit,
     bad_options,
+    basic_credentials,
     front_door,
     json_response,
     root_url,
     shared_options,
 )
+from twin_emulators.requestlog import LogEntry
 
 if TYPE_CHECKING:
     import argparse

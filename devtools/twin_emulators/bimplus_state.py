@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from aiohttp import web
 
 from connector.logs import get_logger
-from twin_emulators.buildingminds_auth import RateLimiter
-from twin_emulators.buildingminds_state import REQUEST_LOG_SIZE, LogEntry
 from twin_emulators.faults import FaultInjector, FaultSettings
 from twin_emulators.jwt import JwtSigner
+from twin_emulators.limits import RateLimiter
+from twin_emulators.requestlog import REQUEST_LOG_SIZE, LogEntry
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping

@@ -69,13 +69,7 @@ import orjson
 from aiohttp import web
 
 from twin_emulators import common
-from twin_emulators.buildingminds_auth import (
-    DEMO_CLIENT,
-    Token,
-    TokenError,
-    basic_credentials,
-    load_clients,
-)
+from twin_emulators.buildingminds_auth import DEMO_CLIENT, Token, TokenError, load_clients
 from twin_emulators.buildingminds_model import (
     COMPLETED,
     DOCUMENTED_STATUSES,
@@ -90,9 +84,9 @@ from twin_emulators.buildingminds_state import (
     STATE_KEY,
     EmulatorOptions,
     EmulatorState,
-    LogEntry,
 )
-from twin_emulators.common import json_response
+from twin_emulators.common import basic_credentials, json_response
+from twin_emulators.requestlog import LogEntry
 
 if TYPE_CHECKING:
     import argparse

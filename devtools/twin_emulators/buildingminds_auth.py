@@ -10,11 +10,8 @@ clock itself (every method takes `now`), or print a client secret (`repr` hides 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import secrets
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,11 +26,9 @@ if TYPE_CHECKING:
 __all__ = [
     "DEMO_CLIENT",
     "ClientCredential",
-    "RateLimiter",
     "Token",
     "TokenError",
     "TokenIssuer",
-    "basic_credentials",
     "load_clients",
     "parse_clients",
 ]
@@ -122,18 +117,6 @@ def load_clients(path: Path) -> list[ClientCredential]:
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML or JSON ({exc})"]) from exc
     return parse_clients(data, str(path))
-
-
-def basic_credentials(header: str | None) -> tuple[str, str] | None:
-    """client_id and secret from an `Authorization: Basic` header, which Entra also accepts."""
-    if not header or header[:6].lower() != "basic ":
-        return None
-    try:
-        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    client_id, sep, secret = decoded.partition(":")
-    return (client_id, secret) if sep else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,26 +271,3 @@ def _scope_problem(scope: str, client: ClientCredential) -> TokenError | None:
             f"The scope {scope} is not valid.",
         )
     return None
-
-
-class RateLimiter:
-    """`requests` per rolling `seconds` per key. Only admitted requests use the budget."""
-
-    def __init__(self, requests: int, seconds: float) -> None:
-        self.requests = requests
-        self.seconds = seconds
-        self._windows: dict[str, deque[float]] = {}
-
-    def admit(self, key: str, now: float) -> float | None:
-        """Take one slot at `now` and return None, or return the seconds until one frees."""
-        window = self._windows.setdefault(key, deque())
-        horizon = now - self.seconds
-        while window and window[0] <= horizon:
-            window.popleft()
-        if len(window) >= self.requests:
-            return window[0] - horizon
-        window.append(now)
-        return None
-
-    def reset(self) -> None:
-        self._windows.clear()

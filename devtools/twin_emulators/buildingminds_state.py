@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any, Final
 from aiohttp import web
 
 from connector.logs import get_logger
-from twin_emulators.buildingminds_auth import DEMO_CLIENT, RateLimiter, TokenIssuer
+from twin_emulators.buildingminds_auth import DEMO_CLIENT, TokenIssuer
 from twin_emulators.buildingminds_ingest import Ingest
 from twin_emulators.faults import FaultInjector, FaultSettings
+from twin_emulators.limits import RateLimiter
+from twin_emulators.requestlog import REQUEST_LOG_SIZE, LogEntry, iso_utc
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -29,17 +31,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_TENANT",
-    "REQUEST_LOG_SIZE",
     "STATE_KEY",
     "EmulatorOptions",
     "EmulatorState",
-    "LogEntry",
-    "iso_utc",
 ]
 
 log = get_logger(__name__)
 
-REQUEST_LOG_SIZE = 100_000  # entries kept for GET /_emulator/requests
 DEFAULT_TENANT: Final = "buildingminds.onmicrosoft.com"  # the production token URL's tenant
 
 
@@ -84,26 +82,6 @@ class EmulatorOptions:
     def knows_tenant(self, tenant: str) -> bool:
         """Whether the token endpoint serves `tenant` (case-insensitive)."""
         return tenant.casefold() in {t.casefold() for t in self.tenants}
-
-
-@dataclass(slots=True)
-class LogEntry:
-    """One line of the request log (API and token requests; admin requests are not logged)."""
-
-    time: float
-    method: str
-    path: str
-    client_id: str | None = None
-    status: int | None = None  # None: the connection was dropped (resets profile)
-    record_count: int | None = None
-    fault: str | None = None
-    request_id: str | None = None  # the X-Request-Id answered (Building X sends one)
-
-
-def iso_utc(unix_seconds: float) -> str:
-    """ISO 8601 UTC with milliseconds and `Z`: how the emulators write time in logs and bodies."""
-    moment = datetime.fromtimestamp(unix_seconds, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass

@@ -55,7 +55,6 @@ import orjson
 from aiohttp import web
 
 from twin_emulators import common
-from twin_emulators.buildingminds_state import LogEntry
 from twin_emulators.buildingx_model import MAX_VALUES, ApiProblem, parse_values
 from twin_emulators.buildingx_state import (
     DEMO_USER,
@@ -67,6 +66,7 @@ from twin_emulators.buildingx_state import (
     load_users,
 )
 from twin_emulators.common import REQUEST_ID, json_response
+from twin_emulators.requestlog import LogEntry
 
 if TYPE_CHECKING:
     import argparse

@@ -25,11 +25,11 @@ import yaml
 from aiohttp import web
 
 from connector.errors import ConfigError
-from twin_emulators.buildingminds_auth import RateLimiter
-from twin_emulators.buildingminds_state import REQUEST_LOG_SIZE, LogEntry, iso_utc
 from twin_emulators.buildingx_model import PointValues, Structure
 from twin_emulators.faults import FaultInjector, FaultSettings
 from twin_emulators.jwt import JwtSigner
+from twin_emulators.limits import RateLimiter
+from twin_emulators.requestlog import REQUEST_LOG_SIZE, LogEntry, iso_utc
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence

@@ -12,6 +12,8 @@ Must not: know any platform's URLs or bodies, read the wall clock (time is the s
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import contextlib
 import functools
 import ipaddress
@@ -26,8 +28,8 @@ import orjson
 from aiohttp import web
 
 from connector.errors import ConfigError
-from twin_emulators.buildingminds_state import LogEntry
 from twin_emulators.faults import PROFILES, FaultInjector, FaultSettings
+from twin_emulators.requestlog import LogEntry
 
 if TYPE_CHECKING:
     from collections import deque
@@ -35,8 +37,8 @@ if TYPE_CHECKING:
 
     from aiohttp.typedefs import Handler, Middleware
 
-    from twin_emulators.buildingminds_auth import RateLimiter
     from twin_emulators.faults import Fault
+    from twin_emulators.limits import RateLimiter
 
 __all__ = [
     "REQUEST_ID",
@@ -522,3 +524,15 @@ async def serve(
                 break
     finally:
         await runner.cleanup()
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """client_id and secret from an `Authorization: Basic` header, which Entra also accepts."""
+    if not header or header[:6].lower() != "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    client_id, sep, secret = decoded.partition(":")
+    return (client_id, secret) if sep else None

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from twin_emulators.buildingminds_auth import RateLimiter
 from twin_emulators.buildingminds_ingest import InboundRecord, Ingest
 from twin_emulators.buildingminds_model import ENTITIES
+from twin_emulators.limits import RateLimiter
 
 LIMIT, WINDOW = 5, 6.0
 
