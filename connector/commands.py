@@ -135,6 +135,19 @@ async def _check_kafka(settings: Settings, out: TextIO, err: TextIO) -> bool:
                 "  fix: create it (see docs/operations.md), or correct kafka.dead_letter_topic",
                 file=err,
             )
+        receipts = settings.receipts
+        if receipts.enabled and receipts.topic in existing:
+            count = len(existing[receipts.topic])
+            print(f"receipts topic {receipts.topic}: ok ({count} partitions)", file=out)
+        elif receipts.enabled:
+            passed = False
+            print(
+                f"FAILED: receipts topic {receipts.topic} does not exist on "
+                f"{k.bootstrap_servers}\n  fix: create it compacted (cleanup.policy=compact; "
+                "docs/operations.md, Receipts), correct receipts.topic, or set "
+                "receipts.enabled: false",
+                file=err,
+            )
         return passed
     finally:
         with anyio.CancelScope(shield=True), anyio.move_on_after(KAFKA_CHECK_SECONDS):

@@ -55,7 +55,13 @@ def kafka(kafka_broker: Broker) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def check(tmp_path: Path, url: str, kafka: dict[str, Any], **sink: str) -> tuple[int, str, str]:
+def check(
+    tmp_path: Path,
+    url: str,
+    kafka: dict[str, Any],
+    receipts: dict[str, Any] | None = None,
+    **sink: str,
+) -> tuple[int, str, str]:
     values = {
         "base_url": f"{url}/api/digitaltwinintegration",
         "token_url": f"{url}/buildingminds.onmicrosoft.com/oauth2/v2.0/token",
@@ -65,7 +71,10 @@ def check(tmp_path: Path, url: str, kafka: dict[str, Any], **sink: str) -> tuple
     }
     values.update(sink)
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"sink": values, "kafka": kafka}))
+    config: dict[str, Any] = {"sink": values, "kafka": kafka}
+    if receipts is not None:
+        config["receipts"] = receipts
+    path.write_text(yaml.safe_dump(config))
     out, err = io.StringIO(), io.StringIO()
     code = main(["check", "--config", str(path)], out, err)
     return code, out.getvalue(), err.getvalue()
@@ -215,6 +224,27 @@ def test_a_mistyped_topic_and_a_missing_dead_letter_topic_are_named(
     assert f"FAILED: dead-letter topic {typo}.dlq does not exist" in err
     assert f"topic {kafka['topics'][1]}: ok" in out, "the other topic is still reported"
     assert not anyio.run(topic_exists, kafka_broker.bootstrap, typo), "check created it"
+
+
+def test_the_receipts_topic_is_checked_when_receipts_are_on(
+    tmp_path: Path, emulator_url: str, kafka: dict[str, Any], kafka_broker: Broker
+) -> None:
+    missing = f"check-receipts-{uuid.uuid4().hex[:8]}"
+    code, out, err = check(tmp_path, emulator_url, kafka, {"enabled": True, "topic": missing})
+    assert code == EXIT_CHECK_FAILED
+    assert f"FAILED: receipts topic {missing} does not exist" in err
+    assert "cleanup.policy=compact" in err
+    assert not anyio.run(topic_exists, kafka_broker.bootstrap, missing), "check created it"
+
+    there = f"check-receipts-{uuid.uuid4().hex[:8]}"
+    anyio.run(create_topic, kafka_broker.bootstrap, there)
+    code, out, err = check(tmp_path, emulator_url, kafka, {"enabled": True, "topic": there})
+    assert code == EXIT_OK, err
+    assert f"receipts topic {there}: ok (3 partitions)" in out
+    # off (the default): not looked for
+    code, out, _ = check(tmp_path, emulator_url, kafka, {"enabled": False, "topic": missing})
+    assert code == EXIT_OK
+    assert "receipts topic" not in out
 
 
 def test_the_group_committed_position_and_lag_are_shown_per_topic(
