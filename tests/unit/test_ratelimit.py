@@ -16,46 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connector.ratelimit import Backoff, RollingWindowLimiter, retry_after_seconds
+from tests.support.clock import FakeClock
 
 # A fake clock that is never advanced hangs a test; fail it fast instead.
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
 
 T0 = 1000.0
-
-
-class FakeClock:
-    """Monotonic time that moves only when a test says so.
-
-    `auto=True`: `sleep(d)` moves the clock forward by `d` at once, so a waiter wakes exactly at
-    its deadline. `auto=False`: sleepers stay asleep until `advance` reaches their deadline.
-    """
-
-    def __init__(self, *, auto: bool = True) -> None:
-        self.now = T0
-        self.auto = auto
-        self.sleeps: list[float] = []
-        self._sleepers: list[anyio.Event] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        if self.auto:
-            self.now += seconds
-            await anyio.lowlevel.checkpoint()
-            return
-        deadline = self.now + seconds
-        while self.now < deadline:
-            moved = anyio.Event()
-            self._sleepers.append(moved)
-            await moved.wait()
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        sleepers, self._sleepers = self._sleepers, []
-        for moved in sleepers:
-            moved.set()
 
 
 def limiter(requests: int, per: float, clock: FakeClock) -> RollingWindowLimiter:
@@ -66,7 +32,7 @@ def limiter(requests: int, per: float, clock: FakeClock) -> RollingWindowLimiter
 
 
 async def test_a_full_burst_is_immediate_and_the_next_waits_for_the_oldest_start() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     limit = limiter(100, 60.0, clock)
 
     assert await limit.acquire() == 0.0  # the oldest start, at T0
@@ -85,7 +51,7 @@ async def test_a_full_burst_is_immediate_and_the_next_waits_for_the_oldest_start
 
 
 async def test_try_acquire_available_and_wait_time_agree() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     limit = limiter(2, 10.0, clock)
     assert (limit.available(), limit.wait_time(), limit.capacity) == (2, 0.0, 2)
     assert limit.try_acquire()
@@ -132,7 +98,7 @@ async def test_no_window_ever_holds_more_starts_than_the_capacity(
     initial: int, ops: list[Op]
 ) -> None:
     per = 10.0
-    clock = FakeClock()
+    clock = FakeClock(T0)
     limit = limiter(initial, per, clock)
     starts: list[tuple[float, int]] = []  # (time, capacity in force when granted)
     blocks: list[tuple[int, float]] = []  # (starts made before the block, blocked until)
@@ -166,7 +132,7 @@ async def test_no_window_ever_holds_more_starts_than_the_capacity(
 
 
 async def test_waiters_are_served_first_come_first_served() -> None:
-    clock = FakeClock(auto=False)
+    clock = FakeClock(T0, auto=False)
     limit = limiter(1, 10.0, clock)
     await limit.acquire()
     served: list[int] = []
@@ -189,7 +155,7 @@ async def test_waiters_are_served_first_come_first_served() -> None:
 
 
 async def test_a_cancelled_waiter_leaves_the_queue_without_taking_a_slot() -> None:
-    clock = FakeClock(auto=False)
+    clock = FakeClock(T0, auto=False)
     limit = limiter(1, 10.0, clock)
     await limit.acquire()
     served: list[str] = []
@@ -217,7 +183,7 @@ async def test_a_cancelled_waiter_leaves_the_queue_without_taking_a_slot() -> No
 
 
 async def test_block_for_holds_every_slot_and_never_shortens() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     limit = limiter(100, 60.0, clock)
     limit.block_for(30.0)
     limit.block_for(10.0)  # shorter: ignored
@@ -230,7 +196,7 @@ async def test_block_for_holds_every_slot_and_never_shortens() -> None:
 
 
 async def test_shrinking_counts_the_starts_already_in_the_window() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     limit = limiter(4, 10.0, clock)
     for _ in range(4):
         assert limit.try_acquire()
@@ -243,7 +209,7 @@ async def test_shrinking_counts_the_starts_already_in_the_window() -> None:
 
 
 async def test_growing_allows_more_at_once_but_remembers_the_window() -> None:
-    clock = FakeClock()
+    clock = FakeClock(T0)
     limit = limiter(4, 10.0, clock)
     for _ in range(4):
         assert limit.try_acquire()
@@ -256,7 +222,7 @@ async def test_growing_allows_more_at_once_but_remembers_the_window() -> None:
 
 
 async def test_growing_wakes_a_waiter_without_the_clock_moving() -> None:
-    clock = FakeClock(auto=False)
+    clock = FakeClock(T0, auto=False)
     limit = limiter(1, 60.0, clock)
     await limit.acquire()
     waited: list[float] = []
@@ -274,7 +240,7 @@ async def test_growing_wakes_a_waiter_without_the_clock_moving() -> None:
 
 
 async def test_capacity_zero_waits_until_a_share_is_given() -> None:
-    clock = FakeClock(auto=False)
+    clock = FakeClock(T0, auto=False)
     limit = limiter(0, 60.0, clock)
     assert (limit.available(), limit.wait_time(), limit.try_acquire()) == (0, math.inf, False)
     done = anyio.Event()
