@@ -269,31 +269,19 @@ def cmd_dry_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_USAGE
     import anyio  # noqa: PLC0415 - see `main`
 
-    from connector.decode import Decoder  # noqa: PLC0415 - keeps --help fast
-    from connector.dryrun import DryRun, read_file, read_topics  # noqa: PLC0415
+    from connector.dryrun import dry_run  # noqa: PLC0415 - keeps --help fast
 
-    k, w = settings.kafka, settings.window
-    dry = DryRun(Decoder(k.topic_entities, w.max_record_bytes, settings.mappings), out,
-                 show_body=not args.no_body)  # fmt: skip
-    if args.file is not None:
-        try:
-            for n, record in enumerate(read_file(args.file)):
-                if n >= args.count:
-                    break
-                dry.feed(record)
-        except OSError as exc:
-            print(f"error: {args.file}: {exc.strerror or exc}", file=err)
-            return EXIT_USAGE
-    else:
-        topics = args.topic or list(k.topics)
-
-        async def from_kafka() -> None:
-            async for record in read_topics(settings, topics, args.count):
-                dry.feed(record)
-
-        print(f"reading up to {args.count} records of {', '.join(topics)} ...", file=err)
-        anyio.run(from_kafka)
-    print(dry.summary(), file=out)
+    run = functools.partial(
+        dry_run, settings, out, err, count=args.count, file=args.file, topics=args.topic,
+        show_body=not args.no_body,
+    )  # fmt: skip
+    try:
+        anyio.run(run)
+    except OSError as exc:
+        if args.file is None:
+            raise
+        print(f"error: {args.file}: {exc.strerror or exc}", file=err)
+        return EXIT_USAGE
     return EXIT_OK
 
 

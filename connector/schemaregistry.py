@@ -22,6 +22,10 @@ failed try (WARNING, at most one line per try) and counted in
 `connector_schema_registry_requests_total{outcome}` and `connector_schema_held_partitions`;
 a hold of minutes shows as consumer lag, which the lag alert reports.
 
+`SchemaLookup` is the same client and cache for the commands that decode records outside the
+consume loop (`dry-run`, `dead-letters replay`): asked one record at a time, it holds nothing
+and retries nothing; a schema it could not fetch is a message for that record.
+
 Must not: sleep in the consume loop (a held partition is paused, never waited for), read
 records it holds twice into the pipeline, or dead-letter for a failed fetch.
 """
@@ -60,8 +64,10 @@ __all__ = [
     "RegistryClient",
     "RegistryRefused",
     "SchemaGate",
+    "SchemaLookup",
     "SchemaNotFound",
     "build_gate",
+    "build_lookup",
 ]
 
 log = get_logger(__name__)
@@ -337,3 +343,56 @@ def build_gate(
     backoff = Backoff(base=settings.retry_backoff_seconds, cap=settings.retry_backoff_max_seconds)
     client = RegistryClient(settings)
     return SchemaGate(client, cache, metrics, backoff, clock), cache
+
+
+class SchemaLookup:
+    """The schemas of records decoded outside the consume loop (`dry-run`, `dead-letters
+    replay`): the gate's client and a `SchemaCache` for the decoder, asked one record at a time.
+
+    Nothing is held or retried: a schema that could not be fetched is a message for the record
+    that names it, and is not asked for again in the same run. After a failure that is not
+    about one ID (the registry down, refusing, throttling) no other ID is asked either: each try
+    may wait `request_timeout_seconds`, and a command should not wait that once per record."""
+
+    def __init__(self, client: RegistryClient, cache: SchemaCache | None = None) -> None:
+        self.client = client
+        self.cache = cache if cache is not None else SchemaCache()
+        self._failed: dict[int, str] = {}  # ID -> why it could not be fetched
+        self._down: str | None = None  # why the registry is not asked any more this run
+        self._session: aiohttp.ClientSession | None = None
+
+    async def unfetched(self, value: bytes | None) -> str | None:
+        """Why the schema `value` names could not be fetched, or None: `value` is not in the
+        wire format, or its schema is in `cache` now (a usable one or why not: the decoder
+        dead-letters an unusable one, as the connector does)."""
+        ident = schema_id(value) if value else None
+        if ident is None or ident < 0 or ident in self.cache:
+            return None
+        if (why := self._failed.get(ident)) is None:
+            why = self._down or await self._fetch(ident)
+            if why is None:
+                return None
+            self._failed[ident] = why
+        return f"schema {ident} could not be fetched: {why}"
+
+    async def _fetch(self, ident: int) -> str | None:
+        if self._session is None:
+            self._session = self.client.session()
+        try:
+            self.cache.put(ident, await self.client.fetch(self._session, ident))
+        except ConnectorError as exc:
+            if not isinstance(exc, SchemaNotFound):
+                self._down = f"not asked after an earlier failure ({exc})"
+            return str(exc)
+        return None
+
+    async def aclose(self) -> None:
+        """Close the HTTP session (opened on the first fetch)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def build_lookup(settings: SchemaRegistrySettings) -> SchemaLookup | None:
+    """The lookup for `settings`; None when no registry is configured."""
+    return None if settings.url is None else SchemaLookup(RegistryClient(settings))

@@ -25,7 +25,11 @@ the `replay.dead_letter` of the records carrying this `replay.id`, and does not 
 again. No state outside Kafka: the target topic is the record of what was sent, and a replay
 can be resumed from any machine. Each record is checked before it is sent: a record the
 connector would dead-letter again at once (not JSON, a platform record sent to a mapped topic)
-is held with the reason (`--force` sends it anyway).
+is held with the reason (`--force` sends it anyway). The check decodes as the connector does
+(`connector.dryrun.Decoding`): with `schema_registry.url`, an Avro or JSON Schema value is
+decoded with its schema; a schema that cannot be fetched (the registry down, an ID it does not
+know) holds the record with that reason, as something to retry, not as a record that would
+fail again.
 
 Must not: write to the dead-letter topic. Dead letters stay; a replay only adds records.
 """
@@ -44,7 +48,9 @@ import orjson
 
 from connector.deadletters.edit import EditError
 from connector.deadletters.scan import Filters, Progress, ScanStats, TopicEntities, scan_topic
-from connector.decode import Decoder, Rejection
+from connector.decode import Rejection
+from connector.dryrun import Decoding, DryRecord, Held
+from connector.schemas import schema_id
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -53,6 +59,7 @@ if TYPE_CHECKING:
     from connector.config import Settings
     from connector.deadletters.edit import Edit
     from connector.deadletters.scan import Letter
+    from connector.decode import Change, Skip
 
 __all__ = ["ReplayOptions", "ReplayReport", "held_for", "new_replay_id", "replay", "replay_headers"]
 
@@ -150,8 +157,8 @@ class _Sent:
         return coordinates in self._topics[topic]
 
 
-def _prepare(
-    letter: Letter, options: ReplayOptions, decoder: Decoder, topics: TopicEntities
+async def _prepare(
+    letter: Letter, options: ReplayOptions, decoding: Decoding, topics: TopicEntities
 ) -> tuple[str, bytes] | str:
     """(target, value) to send, or why the letter is held."""
     if not options.force and (why := held_for(letter, options.max_replays)):
@@ -165,24 +172,41 @@ def _prepare(
     if isinstance(value, str):
         return value
     if not options.force:
-        from connector.dryrun import DryRecord  # noqa: PLC0415
-
         own = tuple((k, v) for k, v in letter.own_headers() if v is not None)
-        result = decoder.decode(DryRecord(target, letter.key, value, 0, 0, own))
-        if isinstance(result, Rejection):
-            hint = (
-                " (a platform record on a mapped topic: give --to a topic the connector reads "
-                "without a mapping)"
-                if topics.mapped(target) else ""
-            )  # fmt: skip
-            return f"would be dead-lettered again as {result.reason.value}{hint}"
+        result = await decoding.decode(DryRecord(target, letter.key, value, 0, 0, own))
+        if (why := _checked(result, target, topics)) is not None:
+            return why
     return target, value
+
+
+def _checked(
+    result: Change | Rejection | Skip | Held, target: str, topics: TopicEntities
+) -> str | None:
+    """Why a record that decoded as `result` is held, or None (it may be sent)."""
+    if isinstance(result, Held):  # the connector would hold it: so it is not sent unchecked
+        return (
+            f"{result.message}; run the replay again when the registry answers "
+            "(--force sends it unchecked)"
+        )
+    if isinstance(result, Rejection):
+        hint = (
+            " (a platform record on a mapped topic: give --to a topic the connector reads "
+            "without a mapping)"
+            if topics.mapped(target) else ""
+        )  # fmt: skip
+        return f"would be dead-lettered again as {result.reason.value}{hint}"
+    return None
 
 
 def _edited(value: bytes, edit: Edit | None) -> bytes | str:
     """The value after the edit, or why the edit does not apply."""
     if edit is None:
         return value
+    if (ident := _wire_id(value)) is not None:
+        return (
+            f"in the Schema Registry wire format (schema ID {ident}): an edit cannot apply, "
+            "replay it as it is"
+        )
     try:
         return orjson.dumps(edit.apply(orjson.loads(value)))
     except orjson.JSONDecodeError:
@@ -222,8 +246,7 @@ async def replay(
     again = "" if resume else f" (interrupted? run it again with --replay-id {replay_id})"
     print(f"{verb} {replay_id}{again}", file=err)
     topics = TopicEntities(settings)
-    k = settings.kafka
-    decoder = Decoder(k.topic_entities, settings.window.max_record_bytes, settings.mappings)
+    decoding = Decoding(settings)
     sent_before = _Sent(settings, replay_id, resume=resume)
     own = producer is None and not options.dry_run
     if own:
@@ -239,7 +262,7 @@ async def replay(
             newer = superseded.get(letter.coordinates)
             prepared = (
                 f"replayed already: its record failed again as dead letter {newer}"
-                if newer else _prepare(letter, options, decoder, topics)
+                if newer else await _prepare(letter, options, decoding, topics)
             )  # fmt: skip
             if isinstance(prepared, str):
                 report.held[prepared.split(" as dead letter ")[0]] += 1
@@ -252,7 +275,7 @@ async def replay(
             headers = replay_headers(letter, replay_id, clock())
             ident = letter.external_id(topics) or "-"
             print(f"{letter.coordinates}  -> {target}  {ident}  ({letter.reason}, replay "
-                  f"{letter.replay_count + 1})" + (f"  {value.decode(errors='replace')}"
+                  f"{letter.replay_count + 1})" + (f"  {_shown(value)}"
                   if options.dry_run else ""), file=out)  # fmt: skip
             report.sent[target] += 1
             if not options.dry_run:
@@ -262,9 +285,23 @@ async def replay(
                 await _pace(pending, options.rate, started, sum(report.sent.values()), clock)
         await _pace(pending, 0, started, 0, clock, flush=True)
     finally:
+        await decoding.aclose()
         if own:
             await producer.stop()
     return report
+
+
+def _wire_id(value: bytes) -> int | None:
+    """The schema ID of a value in the Schema Registry wire format, else None."""
+    ident = schema_id(value)
+    return ident if ident is not None and ident >= 0 else None
+
+
+def _shown(value: bytes) -> str:
+    """A value to print: the JSON text, or what a wire-format value is (its bytes are binary)."""
+    if (ident := _wire_id(value)) is not None:
+        return f"<Schema Registry wire format, schema ID {ident}, {len(value)} bytes>"
+    return value.decode(errors="replace")
 
 
 async def _select(
