@@ -143,9 +143,9 @@ def read_row(obj: dict[str, Any]) -> Row | None:
 
     `obj` is a decoded JSON object; the `{"schema", "payload"}` wrapper is removed here.
     """
-    schema, body = unwrap(obj)
+    schema, body = unwrap(obj) if "payload" in obj else (None, obj)
     op = body.get("op")
-    if isinstance(op, str) and any(k in body for k in ("after", "before", "source")):
+    if isinstance(op, str) and ("after" in body or "before" in body or "source" in body):
         return _envelope(op, body, schema)
     if "__deleted" in body or "__op" in body:
         return _flat(body, schema)
@@ -158,13 +158,15 @@ def read_row(obj: dict[str, Any]) -> Row | None:
 def _envelope(op: str, body: dict[str, Any], schema: Any) -> Row:
     kind = OPS.get(op)
     source = body.get("source")
-    table = source.get("table") if isinstance(source, dict) else None
-    snapshot = isinstance(source, dict) and source.get("snapshot") not in (None, False, "false")
+    table = None
+    snapshot = op == "r"
+    if isinstance(source, dict):
+        table = source.get("table")
+        if not isinstance(table, str):
+            table = None
+        snapshot = snapshot or source.get("snapshot") not in (None, False, "false")
     side = body.get("before" if kind == "Deleted" else "after")
-    return Row(
-        op, kind, side if isinstance(side, dict) else None,
-        table if isinstance(table, str) else None, schema, snapshot=bool(snapshot) or op == "r",
-    )  # fmt: skip
+    return Row(op, kind, side if isinstance(side, dict) else None, table, schema, snapshot)
 
 
 def _flat(body: dict[str, Any], schema: Any) -> Row:

@@ -61,7 +61,8 @@ _LOGICAL: dict[str, Conversion] = {
 }
 CONVERSIONS: frozenset[str] = frozenset(_LOGICAL.values())
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+_EPOCH_NAIVE = dt.datetime(1970, 1, 1)  # noqa: DTZ001 - UTC by construction, for speed
 
 
 def _iso(moment: dt.datetime) -> str:
@@ -69,6 +70,24 @@ def _iso(moment: dt.datetime) -> str:
     m = moment.astimezone(dt.UTC)
     # (an f-string is three times faster than strftime, and this runs per mapped date)
     return f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}Z"
+
+
+def _epoch_seconds(seconds: int) -> str:
+    """`seconds` since the epoch in the platform's form: whole seconds on a naive UTC datetime
+    print without a fraction, and `isoformat` is the cheapest way to print them (this runs
+    once per mapped date; measured 0.9 µs against 1.7 µs for the f-string of `_iso`)."""
+    return (_EPOCH_NAIVE + dt.timedelta(seconds=seconds)).isoformat() + "Z"
+
+
+def _epoch_converter(how: str, divisor: int) -> Callable[[Any], Any]:
+    """The converter of one epoch encoding (days, ms, µs, ns), for the compiled mappings."""
+
+    def to_iso(value: Any) -> Any:
+        if type(value) is not int:  # (None, and the wrong types, get `convert`'s own answer)
+            return convert(value, how)
+        return _epoch_seconds(value * 86_400 if how == "date" else value // divisor)
+
+    return to_iso
 
 
 def _number(value: decimal.Decimal) -> float | str:
@@ -110,13 +129,17 @@ def convert(value: Any, how: str, *, scale: int = 0) -> Any:  # noqa: PLR0911 - 
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{how} expects an integer, not {type(value).__name__} {value!r}")
     if how == "date":
-        return _iso(_EPOCH + dt.timedelta(days=value))
-    divisor = {"timestamp": 1_000, "micro_timestamp": 1_000_000, "nano_timestamp": 1_000_000_000}
-    if how not in divisor:
+        return _epoch_seconds(value * 86_400)
+    if how not in _DIVISORS:
         raise ValueError(f"unknown conversion {how!r}")
-    seconds, rest = divmod(value, divisor[how])
-    micros = rest * 1_000_000 // divisor[how]
-    return _iso(_EPOCH + dt.timedelta(seconds=seconds, microseconds=micros))
+    return _epoch_seconds(value // _DIVISORS[how])  # (floored: the platform prints no fraction)
+
+
+_DIVISORS = {"timestamp": 1_000, "micro_timestamp": 1_000_000, "nano_timestamp": 1_000_000_000}
+# what a compiled mapping calls for a field's explicit `convert` (`convert` for the rest)
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    how: _epoch_converter(how, divisor) for how, divisor in {**_DIVISORS, "date": 1}.items()
+}
 
 
 def schema_conversions(schema: Any) -> dict[str, tuple[Conversion, int]]:
@@ -312,6 +335,55 @@ class CompiledMapping:
         self._id_parts = self._parse_template(id_template, problems)
         if problems:
             raise ValueError("; ".join(problems))
+        self._plain_record = self._generate()
+
+    def _generate(self) -> Callable[[Mapping[str, Any]], dict[str, Any] | MappingFailed]:
+        """`record` for a row without a Connect schema, as one generated function.
+
+        The field list is unrolled into straight-line code (the way `dataclasses` and `attrs`
+        generate `__init__`): a plain column is a `row.get`, an explicit conversion a direct
+        call, and no loop, closure call or conversion lookup is left per field. Measured on
+        the benchmark's ten-field building: 4.4 µs -> ~1.5 µs a record. Only names and string
+        literals (through `repr`) reach the source; expressions stay compiled callables.
+        """
+        scope: dict[str, Any] = {
+            "_constants": self.constants, "_fields": self._fields, "_Failed": MappingFailed,
+            "_errors": _ERRORS,
+        }  # fmt: skip
+        lines = ["def record(row):", "    body = dict(_constants)", "    at = 0", "    try:"]
+        for i, f in enumerate(self._fields):
+            lines.append(f"        at = {i}")
+            joined = _plain_join(f.expression)
+            if f.source is not None:
+                lines.append(f"        v = row.get({f.source!r})")
+            elif joined is not None:  # join(glue, [a, b]) of columns: JMESPath decides the rest
+                glue, names = joined
+                scope[f"_get{i}"] = f.get
+                parts = [f"p{j}" for j in range(len(names))]
+                for part, name in zip(parts, names, strict=True):
+                    lines.append(f"        {part} = row.get({name!r})")
+                strings = " and ".join(f"type({part}) is str" for part in parts)
+                joined_parts = f"{glue!r}.join(({', '.join(parts)},))"
+                lines.append(f"        v = {joined_parts} if {strings} else _get{i}(row)")
+            else:
+                scope[f"_get{i}"] = f.get
+                lines.append(f"        v = _get{i}(row)")
+            if f.conversion is not None:
+                scope[f"_convert{i}"] = _CONVERTERS.get(f.conversion) or _fixed(f.conversion)
+                lines.append(f"        v = _convert{i}(v)")
+            lines.append(f"        if v is not None: body[{f.name!r}] = v")
+        if not self._fields:
+            lines.append("        pass")
+        lines += [
+            "    except _errors as exc:",
+            "        f = _fields[at]",
+            "        return _Failed(f.name, f.expression, str(exc))",
+            "    return body",
+        ]
+        exec("\n".join(lines), scope)  # noqa: S102 - our own source, from names and reprs
+        return cast(
+            "Callable[[Mapping[str, Any]], dict[str, Any] | MappingFailed]", scope["record"]
+        )
 
     @staticmethod
     def _parse_template(template: str, problems: list[str]) -> list[tuple[str, str | None]]:
@@ -361,7 +433,18 @@ class CompiledMapping:
     def record(
         self, row: Mapping[str, Any], conversions: Mapping[str, tuple[str, int]]
     ) -> dict[str, Any] | MappingFailed:
-        """The platform fields of `row` (constants first, then each mapped field)."""
+        """The platform fields of `row` (constants first, then each mapped field).
+
+        `conversions` are the logical types of the row's Connect schema (`schema_conversions`);
+        without them (the common case) the generated function does the work."""
+        if not conversions:
+            return self._plain_record(row)
+        return self._record(row, conversions)
+
+    def _record(
+        self, row: Mapping[str, Any], conversions: Mapping[str, tuple[str, int]]
+    ) -> dict[str, Any] | MappingFailed:
+        """`record` as a loop over the fields (the reference the generated function follows)."""
         body: dict[str, Any] = dict(self.constants)
         for f in self._fields:
             try:
@@ -373,11 +456,38 @@ class CompiledMapping:
                     how = how or schema_how
                 if how is not None:
                     value = convert(value, how, scale=scale)
-            except (JMESPathError, TypeError, ValueError, ArithmeticError, OverflowError) as exc:
+            except _ERRORS as exc:
                 return MappingFailed(f.name, f.expression, str(exc))
             if value is not None:
                 body[f.name] = value
         return body
+
+
+# what a field's expression or conversion may raise for a bad row: a `mapping_failed` letter
+_ERRORS = (JMESPathError, TypeError, ValueError, ArithmeticError, OverflowError)
+
+
+def _plain_join(expression: str) -> tuple[str, list[str]] | None:
+    """(glue, columns) of `join('glue', [a, b, …])` over plain columns; None otherwise."""
+    if "join" not in expression:
+        return None
+    node = jmespath.compile(expression).parsed
+    if node.get("type") != "function_expression" or node.get("value") != "join":
+        return None
+    glue, items = node["children"]
+    if glue.get("type") != "literal" or not isinstance(glue.get("value"), str):
+        return None
+    if items.get("type") != "multi_select_list":
+        return None
+    names = [child.get("value") for child in items["children"]]
+    if not all(c.get("type") == "field" for c in items["children"]) or not names:
+        return None
+    return glue["value"], names
+
+
+def _fixed(how: str) -> Callable[[Any], Any]:
+    """`convert` with its conversion fixed (decimal, zoned_timestamp: no faster form)."""
+    return lambda value: convert(value, how)
 
 
 def compile_mapping(
