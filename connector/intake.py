@@ -111,7 +111,7 @@ class Intake:
         self.paused = False  # fetching paused by backpressure
         # Avro / JSON Schema values: their schemas are fetched before a batch is decoded
         self.schemas, cache = build_gate(p.settings.schema_registry, metrics=p.metrics,
-                                         clock=p.clock)  # fmt: skip
+                                         clock=p.clock, start=p.start)  # fmt: skip
         self.decoder = Decoder(
             p.settings.kafka.topic_entities, p.settings.window.max_record_bytes,
             p.settings.mappings, schemas=cache,

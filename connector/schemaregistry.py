@@ -2,12 +2,16 @@
 
     SchemaGate.admit(batches, consumer) -> batches      the pre-step of the consume loop
       ├── collects the schema IDs of wire-format values (`connector.schemas`) not cached yet
-      ├── RegistryClient.fetch(id)                       GET {url}/schemas/ids/{id}, through
+      ├── starts a try for them, a task of the pipeline's task group, and waits for it at
+      │   most `FIRST_WAIT_SECONDS` (0.2 s); the try asks one ID after another:
+      │   RegistryClient.fetch(id)                       GET {url}/schemas/ids/{id}, through
       │                                                  `connector.http.send` (no redirects,
       │                                                  body cap, TLS, basic or bearer auth)
-      └── holds a partition whose record names a schema it could not fetch: that partition's
-          records from the first such record on are not handed over; the partition is sought
-          back to that record and paused, and tried again with exponential backoff
+      └── holds a partition whose record names a schema not cached by then (the try failed, or
+          has not answered yet): that partition's records from the first such record on are
+          not handed over; the partition is sought back to that record and paused, and
+          resumed by the first call after its schemas came; a failed try is tried again with
+          exponential backoff
 
 A schema by ID never changes, so each is fetched once and cached for the life of the process
 (`SchemaCache`). A schema the registry serves but the connector cannot use (Protobuf, not
@@ -22,12 +26,21 @@ failed try (WARNING, at most one line per try) and counted in
 `connector_schema_registry_requests_total{outcome}` and `connector_schema_held_partitions`;
 a hold of minutes shows as consumer lag, which the lag alert reports.
 
+A registry that accepts connections and does not answer costs the consume loop
+`FIRST_WAIT_SECONDS` per try, not `request_timeout_seconds`: the try goes on in the background
+while the records naming its schemas are held, the other partitions flow and the loop's
+heartbeat moves. Until the try ends nothing is logged and the backoff stays where it was; if
+the timeout ends it, it counts and logs as any failed try. One try runs at a time (a registry
+hung for one ID is for all: one connection waits, not one per schema); IDs seen meanwhile are
+held and asked by the next try, which starts as soon as this one ended.
+
 `SchemaLookup` is the same client and cache for the commands that decode records outside the
 consume loop (`dry-run`, `dead-letters replay`): asked one record at a time, it holds nothing
 and retries nothing; a schema it could not fetch is a message for that record.
 
-Must not: sleep in the consume loop (a held partition is paused, never waited for), read
-records it holds twice into the pipeline, or dead-letter for a failed fetch.
+Must not: sleep in the consume loop (a held partition is paused, never waited for), wait for
+the registry longer than `FIRST_WAIT_SECONDS` per try, read records it holds twice into the
+pipeline, or dead-letter for a failed fetch.
 """
 
 from __future__ import annotations
@@ -36,6 +49,8 @@ import base64
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
 
 from connector.errors import ApiError, ConnectorError, RateLimited, ServerError
 from connector.http import StatusTable, host_of, send
@@ -61,6 +76,7 @@ if TYPE_CHECKING:
     from connector.metrics import Metrics
 
 __all__ = [
+    "FIRST_WAIT_SECONDS",
     "RegistryClient",
     "RegistryRefused",
     "SchemaGate",
@@ -165,17 +181,38 @@ class _Consumer(Protocol):
     def resume(self, *partitions: TopicPartition) -> None: ...
 
 
+FIRST_WAIT_SECONDS = 0.2
+"""How long `admit` waits for a try it started: a registry that answers at all answers well
+within it; one that accepts and never answers costs the consume loop no more than this per try
+(not `request_timeout_seconds`)."""
+
+
 @dataclass
 class _Hold:
-    """A partition held at `offset` until the schemas `ids` are fetched."""
+    """A partition held at `offset` until the schemas `ids` are in the cache."""
 
     offset: int
     ids: set[int]
 
 
 @dataclass
+class _Try:
+    """One round of requests (`SchemaGate._run`): `ids` asked one after another."""
+
+    ids: list[int]
+    retry: bool  # held IDs whose backoff was over are among them: a failure lengthens it
+    held_before: int  # partitions held when it began, for its WARNING line
+    done: anyio.Event = field(default_factory=anyio.Event)
+    failed: set[int] = field(default_factory=set)
+
+
+@dataclass
 class SchemaGate:
-    """The consume loop's pre-step: hands over a batch only as far as its schemas are cached."""
+    """The consume loop's pre-step: hands over a batch only as far as its schemas are cached.
+
+    Owns the holds, the backoff and the one try in flight. A try runs as a task of the
+    pipeline's task group (`start`, which also cancels it at shutdown); without `start` (tools,
+    tests) it is awaited inline, which a registry that never answers blocks for the timeout."""
 
     client: RegistryClient
     cache: SchemaCache
@@ -183,9 +220,16 @@ class SchemaGate:
     backoff: Backoff
     clock: Callable[[], float] = time.monotonic
     rand: Callable[[], float] | None = None  # backoff jitter (tests pass a fixed one)
+    start: Callable[..., object] | None = None  # `Pipeline.start`: runs a try in the task group
+    first_wait: float = FIRST_WAIT_SECONDS
     _held: dict[TopicPartition, _Hold] = field(default_factory=dict)
-    # one backoff for every hold: a failure is the registry's, mostly, so the held partitions
-    # are tried together (one request round, one WARNING line per try, not one per partition)
+    # One try in flight at a time, for every ID: a registry that is down or hung for one ID is
+    # for all, so a try is one request round (one WARNING line per try, not one per partition)
+    # and a hung registry holds one connection, not one per schema. IDs seen meanwhile wait
+    # for the next try, which starts as soon as this one ends.
+    _try: _Try | None = None
+    # one backoff for every hold: the IDs whose last try failed are tried again together
+    _failed: set[int] = field(default_factory=set)
     _attempt: int = 0
     _retry_at: float = 0.0
 
@@ -200,13 +244,18 @@ class SchemaGate:
         """`batches` (aiokafka's `getmany` answer) as far as each partition's schemas are known.
 
         Called after every fetch, an empty one too (held partitions are paused: their retry
-        comes from here), before its records are taken in. Fetches the schemas not cached yet;
-        a partition whose schema could not be fetched is cut before its first such record,
-        sought back to it and paused; a held partition is tried again once its backoff is over
-        and resumed when its schemas came. Never raises for a registry failure (it holds
-        instead)."""
+        comes from here), before its records are taken in. Starts a try for the schemas not
+        cached yet (and for the held ones once their backoff is over) and waits for it at most
+        `first_wait`; a partition whose schema is not cached by then (the try failed, or has not
+        answered yet) is cut before its first such record, sought back to it and paused, and
+        resumed by a later call once its schemas came. Never raises for a registry failure (it
+        holds instead)."""
         if self._held:
-            await self._retry_due(consumer)
+            self._forget_revoked(consumer)
+        if self._try is not None and self._try.done.is_set():
+            self._settle()
+        if self._held:
+            self._resume_ready(consumer)
         missing: dict[int, None] = {}
         known = self.cache
         for tp, records in batches.items():
@@ -218,20 +267,79 @@ class SchemaGate:
                     ident = int.from_bytes(value[1:HEADER_BYTES], "big")
                     if ident not in known:
                         missing[ident] = None
-        failed: set[int] = set()
-        if missing:
-            failed = await self._fetch(list(missing))
-        if not failed and not self._held:
+        if self._try is None and (self._held or missing):
+            await self._begin(missing)
+        unknown = {i for i in missing if i not in known}
+        if not self._held and not unknown:
             return batches
-        admitted = self._cut(batches, failed, consumer)
+        admitted = self._cut(batches, unknown, consumer)
+        if self._held:  # after the cut: a partition held at the scan was not scanned
+            self._resume_ready(consumer)
+        self._failed &= {i for hold in self._held.values() for i in hold.ids}
         self.metrics.set_schema_held(len(self._held))
         return admitted
 
+    async def _begin(self, missing: dict[int, None]) -> None:
+        """Start a try for `missing` and the held IDs not asked yet, with the failed ones if
+        their backoff is over; wait for it at most `first_wait`."""
+        due = bool(self._failed) and self.clock() >= self._retry_at
+        wanted = {i for hold in self._held.values() for i in hold.ids if i not in self.cache}
+        wanted.update(missing)
+        if not due:
+            wanted -= self._failed
+        if not wanted:
+            return
+        attempt = _Try(sorted(wanted), due, len(self._held))
+        self._try = attempt
+        if self.start is None:
+            await self._run(attempt)
+        else:
+            self.start(self._run, attempt)
+            with anyio.move_on_after(self.first_wait):
+                await attempt.done.wait()
+        if attempt.done.is_set():
+            self._settle()
+        # else: held as a failed try holds, with no failure logged and the backoff as it was;
+        # a later call settles it
+
+    def _settle(self) -> None:
+        """The finished try's outcome: a failure starts the backoff, a failed retry lengthens
+        it (a new ID that fails while it runs joins it)."""
+        attempt, self._try = self._try, None
+        assert attempt is not None  # noqa: S101 - called once a try is done
+        if attempt.failed:
+            if attempt.retry:
+                self._retry_at = self._next_try(self._attempt)
+                self._attempt += 1
+            elif not self._failed:
+                self._retry_at, self._attempt = self._next_try(0), 1
+        self._failed = {i for i in self._failed | attempt.failed if i not in self.cache}
+
+    def _forget_revoked(self, consumer: _Consumer) -> None:
+        assigned = set(consumer.assignment())
+        for tp in [tp for tp in self._held if tp not in assigned]:
+            del self._held[tp]  # revoked: its next owner reads it from the commit
+        if not self._held:
+            self._failed.clear()
+            self.metrics.set_schema_held(0)
+
+    def _resume_ready(self, consumer: _Consumer) -> None:
+        """Resume the held partitions whose schemas are all cached now."""
+        for tp, hold in list(self._held.items()):
+            if all(i in self.cache for i in hold.ids):
+                del self._held[tp]
+                consumer.resume(tp)
+                log.info(
+                    "schema registry: %s partition %d resumed at offset %d",
+                    tp.topic, tp.partition, hold.offset,
+                )  # fmt: skip
+        self.metrics.set_schema_held(len(self._held))
+
     def _cut(
-        self, batches: dict[Any, list[Any]], failed: set[int], consumer: _Consumer
+        self, batches: dict[Any, list[Any]], unknown: set[int], consumer: _Consumer
     ) -> dict[Any, list[Any]]:
-        """The records before each partition's first one naming a `failed` schema; those
-        partitions are held there."""
+        """The records before each partition's first one naming an `unknown` schema (not
+        cached); those partitions are held there."""
         admitted: dict[Any, list[Any]] = {}
         for tp, records in batches.items():
             hold = self._held.get(tp)
@@ -240,14 +348,12 @@ class SchemaGate:
                     consumer.seek(tp, hold.offset)
                     consumer.pause(tp)
                 continue
-            cut = _first_failed(records, failed) if failed else None
+            cut = _first_failed(records, unknown) if unknown else None
             if cut is None:
                 admitted[tp] = records
                 continue
             first = records[cut]
-            ids = {i for r in records[cut:] if (i := _id_of(r)) in failed}
-            if not self._held:
-                self._retry_at, self._attempt = self._next_try(0), 1
+            ids = {i for r in records[cut:] if (i := _id_of(r)) in unknown}
             self._held[tp] = _Hold(first.offset, ids)
             consumer.seek(tp, first.offset)
             consumer.pause(tp)
@@ -255,67 +361,48 @@ class SchemaGate:
                 admitted[tp] = records[:cut]
         return admitted
 
-    async def _retry_due(self, consumer: _Consumer) -> None:
-        assigned = set(consumer.assignment())
-        for tp in [tp for tp in self._held if tp not in assigned]:
-            del self._held[tp]  # revoked: its next owner reads it from the commit
-        if not self._held or self.clock() < self._retry_at:
-            self.metrics.set_schema_held(len(self._held))
-            return
-        wanted = sorted({i for h in self._held.values() for i in h.ids if i not in self.cache})
-        failed = await self._fetch(wanted) if wanted else set()
-        for tp, hold in list(self._held.items()):
-            hold.ids &= failed
-            if not hold.ids:
-                del self._held[tp]
-                consumer.resume(tp)
-                log.info(
-                    "schema registry: %s partition %d resumed at offset %d",
-                    tp.topic, tp.partition, hold.offset,
-                )  # fmt: skip
-        if self._held:
-            self._retry_at = self._next_try(self._attempt)
-            self._attempt += 1
-        self.metrics.set_schema_held(len(self._held))
-
     def _next_try(self, attempt: int) -> float:
         delay = self.backoff.delay(attempt) if self.rand is None else (
             self.backoff.delay(attempt, self.rand)
         )  # fmt: skip
         return self.clock() + delay
 
-    async def _fetch(self, ids: list[int]) -> set[int]:
-        """Fetch `ids` into the cache; the IDs that could not be fetched.
+    async def _run(self, attempt: _Try) -> None:
+        """Fetch `attempt.ids` into the cache; the IDs that could not be fetched into
+        `attempt.failed`, logged in one WARNING line.
 
         After a failure that is not about one ID (the registry down, refusing, throttling)
-        the rest are not asked this round."""
-        failed: set[int] = set()
+        the rest are not asked this try."""
+        failed = attempt.failed
         error: ConnectorError | None = None
-        async with self.client.session() as session:
-            for ident in ids:
-                if error is not None and not isinstance(error, SchemaNotFound):
-                    failed.add(ident)
-                    continue
-                try:
-                    schema = await self.client.fetch(session, ident)
-                except ConnectorError as exc:
-                    error = exc
-                    failed.add(ident)
-                    self.metrics.schema_fetched(_OUTCOMES.get(type(exc), "unavailable"))
-                    continue
-                self.cache.put(ident, schema)
-                outcome = "unusable" if isinstance(schema, SchemaUnusable) else "found"
-                self.metrics.schema_fetched(outcome)
-                if isinstance(schema, SchemaUnusable):
-                    log.error("schema registry: %s; its records are dead-lettered", schema)
+        try:
+            async with self.client.session() as session:
+                for ident in attempt.ids:
+                    if error is not None and not isinstance(error, SchemaNotFound):
+                        failed.add(ident)
+                        continue
+                    try:
+                        schema = await self.client.fetch(session, ident)
+                    except ConnectorError as exc:
+                        error = exc
+                        failed.add(ident)
+                        self.metrics.schema_fetched(_OUTCOMES.get(type(exc), "unavailable"))
+                        continue
+                    self.cache.put(ident, schema)
+                    outcome = "unusable" if isinstance(schema, SchemaUnusable) else "found"
+                    self.metrics.schema_fetched(outcome)
+                    if isinstance(schema, SchemaUnusable):
+                        log.error("schema registry: %s; its records are dead-lettered", schema)
+        finally:  # cancelled at shutdown too: nothing waits for it then, but keep it settled
+            attempt.done.set()
         if error is not None:
+            held = attempt.held_before
             log.warning(
                 "schema registry: schema%s %s not fetched (%s); holding the records that "
                 "name them, %d partition%s held before this try",
                 "s" if len(failed) > 1 else "", ", ".join(map(str, sorted(failed))), error,
-                len(self._held), "" if len(self._held) == 1 else "s",
+                held, "" if held == 1 else "s",
             )  # fmt: skip
-        return failed
 
 
 def _id_of(record: Any) -> int | None:
@@ -335,14 +422,16 @@ def build_gate(
     *,
     metrics: Metrics,
     clock: Callable[[], float] = time.monotonic,
+    start: Callable[..., object] | None = None,
 ) -> tuple[SchemaGate | None, SchemaCache | None]:
-    """The gate and its cache for `settings`; (None, None) when no registry is configured."""
+    """The gate and its cache for `settings`; (None, None) when no registry is configured.
+    `start` (`Pipeline.start`) runs its fetches as tasks of the pipeline's task group."""
     if settings.url is None:
         return None, None
     cache = SchemaCache()
     backoff = Backoff(base=settings.retry_backoff_seconds, cap=settings.retry_backoff_max_seconds)
     client = RegistryClient(settings)
-    return SchemaGate(client, cache, metrics, backoff, clock), cache
+    return SchemaGate(client, cache, metrics, backoff, clock, start=start), cache
 
 
 class SchemaLookup:

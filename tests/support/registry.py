@@ -15,7 +15,10 @@ Confluent's API documents:
 
 Faults on cue, for the tests: `outage` (every request answers 503 with error_code 50003, as a
 registry whose backend store is down does), `hidden` (IDs that answer 40403 although
-registered: a replica that has not caught up). `fetches` counts the GETs per ID.
+registered: a replica that has not caught up), `hang` (a `GET /schemas/ids/{id}` is read,
+counted and not answered while it is set: a registry that accepts connections and is stuck;
+it answers once `hang` is cleared, unless the client gave up first). `fetches` counts the GETs
+per ID.
 
 `wire(schema_id, body)` and `avro_value(schema, datum)` build what Confluent's serializers
 write: a zero byte, the 4-byte big-endian ID, then the Avro binary or the JSON text.
@@ -31,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import anyio
 import fastavro
 import orjson
 from aiohttp import web
@@ -65,6 +69,18 @@ class StandInRegistry:
     hidden: set[int] = field(default_factory=set)
     fetches: dict[int, int] = field(default_factory=dict)
     _schemas: dict[int, tuple[str, str]] = field(default_factory=dict)  # id -> (text, type)
+    _answer: anyio.Event | None = None  # `hang`: set once it is cleared
+
+    @property
+    def hang(self) -> bool:
+        return self._answer is not None and not self._answer.is_set()
+
+    @hang.setter
+    def hang(self, on: bool) -> None:
+        if on and not self.hang:
+            self._answer = anyio.Event()
+        elif not on and self._answer is not None:
+            self._answer.set()
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._gate])
@@ -96,6 +112,8 @@ class StandInRegistry:
     async def _by_id(self, request: web.Request) -> web.Response:
         ident = int(request.match_info["id"])
         self.fetches[ident] = self.fetches.get(ident, 0) + 1
+        if self._answer is not None:
+            await self._answer.wait()
         if ident not in self._schemas or ident in self.hidden:
             return _error(404, 40403, f"Schema {ident} not found")
         text, kind = self._schemas[ident]
