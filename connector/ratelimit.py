@@ -1,7 +1,8 @@
 """Timing policy: the rolling-window request limiter, backoff delays and `Retry-After` parsing.
 
 Owns *when* a request may start. `RollingWindowLimiter` keeps a sliding log of start times so
-that no window of `per_seconds` ever holds more starts than the capacity; `Backoff` gives the
+that no window of `per_seconds` ever holds more requests than the capacity (with a guard: as
+the platform counts them, from the starts and the answers); `Backoff` gives the
 exponential, fully jittered delays between retries; `retry_after_seconds` turns a 429's
 `Retry-After` header into a bounded wait.
 
@@ -12,6 +13,7 @@ fast on a fake clock.
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 import time
@@ -48,11 +50,15 @@ Sleep: TypeAlias = Callable[[float], Awaitable[None]]
 class RollingWindowLimiter:
     """At most `requests` starts in any rolling `per_seconds` window (a sliding log of start times).
 
-    A start at time `t` is granted only while fewer than `capacity` recorded starts lie in
-    `(t - per_seconds, t]` and no `block_for` is in force. Waiters are served first come,
-    first served; a newcomer never overtakes a queued waiter.
+    A start at time `t` is granted only while fewer than `capacity` recorded starts still hold
+    their slot at `t` and no `block_for` is in force. A start holds its slot for `per_seconds`.
+    With a `JitterGuard`, a start whose answer was observed (`observe`) holds it only until the
+    platform's window plus the guard's floor has passed since that answer, if that is sooner:
+    the platform counted the request before it answered, so the answer bounds where the
+    platform's window for it ends, whatever the jitter was (see `JitterGuard`). Waiters are
+    served first come, first served; a newcomer never overtakes a queued waiter.
 
-    Memory: the log holds only starts still inside the window, so at most the largest capacity
+    Memory: the log holds only starts still holding a slot, so at most the largest capacity
     in force during the last `per_seconds` (it is not trimmed on a shrink, because a later grow
     must still see every start in the window).
     """
@@ -83,6 +89,7 @@ class RollingWindowLimiter:
         self._wall = wall
         self._sleep = sleep
         self._starts: deque[float] = deque()
+        self._soonest = math.inf  # no answered start in the log frees before this
         self._blocked_until = -math.inf
         self._assumed_at: float | None = None  # when `assume_recent_use` filled the log
         self._writer = uuid.uuid4().hex[:12]  # names this process's hand-overs
@@ -120,7 +127,7 @@ class RollingWindowLimiter:
     @property
     def per_seconds(self) -> float:
         """The length of the rolling window this limiter keeps, in seconds (the budget's
-        window plus the guard in force)."""
+        window plus the guard in force): the longest a start holds its slot."""
         return self._per
 
     @property
@@ -129,12 +136,47 @@ class RollingWindowLimiter:
         return self._budget_per
 
     def observe(self, seconds: float) -> None:
-        """One request took `seconds` from its slot to its answer: feeds the guard (if any).
+        """One request took `seconds` from its slot to its answer, which came just now: feeds
+        the guard (if any) and marks that request's start answered (see the class docstring).
 
-        Call it for every request that took a slot, whatever its answer."""
-        if self._guard is not None:
-            self._guard.observe(seconds)
-            self._per = self._budget_per + self._guard.seconds
+        Call it for every request that took a slot, whatever its answer, at the answer and on
+        the limiter's clock. The start is found by its time (now - `seconds`); a duration that
+        matches no start still feeds the guard."""
+        if self._guard is None:
+            return
+        self._guard.observe(seconds)
+        self._per = self._budget_per + self._guard.seconds
+        if 0 <= seconds < math.inf:
+            self._answered(self._clock(), seconds)
+        # once per answer: the guard may have moved every answered start's expiry
+        answered = (self._expiry(s) for s in self._starts if isinstance(s, _Answered))
+        self._soonest = min(answered, default=math.inf)
+        if self._wake is not None:  # the head waiter's slot may free sooner now
+            self._wake.set()
+
+    def _answered(self, now: float, seconds: float) -> None:
+        """Mark the start granted `seconds` before `now` answered at `now`: the latest start
+        not after `now - seconds` and not yet answered, if it lies within `_MATCH_SECONDS`
+        (the caller reads the clock just after the grant, so its start is a little later
+        than the one recorded; any start between the two would be the same instant's)."""
+        started = now - seconds
+        starts = self._starts
+        for index in range(len(starts) - 1, -1, -1):
+            start = starts[index]
+            if start > started + 1e-6:  # granted after it (1e-6: float rounding)
+                continue
+            if start < started - _MATCH_SECONDS:
+                return
+            if not isinstance(start, _Answered):
+                starts[index] = _Answered(start, now)
+                return
+
+    def _expiry(self, start: float) -> float:
+        """When `start` stops holding its slot (class docstring)."""
+        unanswered = start + self._per
+        if isinstance(start, _Answered) and self._guard is not None:
+            return min(unanswered, start.answer + self._budget_per + self._guard.floor)
+        return unanswered
 
     async def acquire(self) -> float:
         """Wait until a slot is free, record the start, and return the seconds waited.
@@ -177,9 +219,12 @@ class RollingWindowLimiter:
             free_at = math.inf
         elif excess < 0:
             free_at = now
-        else:
+        elif self._soonest == math.inf:  # no answered start: they free in the order of the log
             # Once the start at this index ages out, capacity - 1 starts remain in the window.
             free_at = self._starts[excess] + self._per
+        else:
+            # Once the slot freeing at this rank frees, capacity - 1 starts hold one.
+            free_at = heapq.nsmallest(excess + 1, map(self._expiry, self._starts))[-1]
         return max(0.0, max(free_at, self._blocked_until) - now)
 
     def assume_recent_use(self, *, limit: int = 10_000) -> None:
@@ -282,12 +327,19 @@ class RollingWindowLimiter:
             self._wake.set()
 
     def _prune(self, now: float) -> None:
+        """Forget the starts that no longer hold a slot at `now`."""
         starts, per = self._starts, self._per
         while starts and starts[0] + per <= now:
             starts.popleft()
+        # answered starts free by their answers, so one may free before an older start
+        if now >= self._soonest:
+            self._starts = deque(s for s in self._starts if self._expiry(s) > now)
+            answered = (self._expiry(s) for s in self._starts if isinstance(s, _Answered))
+            self._soonest = min(answered, default=math.inf)
 
     async def _nap(self, seconds: float) -> None:
-        """Sleep up to `seconds`, or less if `set_capacity` grows the capacity meanwhile."""
+        """Sleep up to `seconds`, or less if `set_capacity` grows the capacity or `observe`
+        marks an answer meanwhile."""
         wake = self._wake = anyio.Event()
         try:
             async with anyio.create_task_group() as tg:
@@ -301,6 +353,26 @@ class RollingWindowLimiter:
                 tg.cancel_scope.cancel()
         finally:
             self._wake = None
+
+
+_MATCH_SECONDS = 0.05
+"""How far before the start an `observe` names the recorded start may lie (the caller reads the
+clock just after the grant; a loaded host may preempt it in between)."""
+
+
+class _Answered(float):
+    """A start (the float's value) whose request was answered at `answer`, on the same clock.
+
+    A float, so that everything that reads the log as start times (the hand-over, the
+    window's order) reads it unchanged."""
+
+    __slots__ = ("answer",)
+    answer: float
+
+    def __new__(cls, start: float, answer: float) -> _Answered:
+        self = super().__new__(cls, start)
+        self.answer = answer
+        return self
 
 
 class _Handover(NamedTuple):
@@ -348,6 +420,14 @@ class JitterGuard:
     `ceiling`; until `min_samples` requests were measured it is `initial` (default: the
     ceiling). A guard handed over by a predecessor (`carry`) holds as a minimum until
     `samples` requests of this process were measured.
+
+    The guard covers the starts whose answer is unknown (in flight, answered by an error the
+    caller does not `observe`, a predecessor's, the even assumption). An observed answer is a
+    proof instead of a model: the platform counted the request before it answered, so its
+    slot may free one platform window plus `floor` after the answer (`RollingWindowLimiter`).
+    On a busy host that is much the tighter bound: there the spread of the durations is
+    mostly the time spent answering (the platform's work, this host's event loop), which
+    comes after the platform counted the request and needs no guard.
     """
 
     def __init__(

@@ -15,7 +15,7 @@ from anyio import wait_all_tasks_blocked
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connector.ratelimit import Backoff, RollingWindowLimiter, retry_after_seconds
+from connector.ratelimit import Backoff, JitterGuard, RollingWindowLimiter, retry_after_seconds
 from tests.support.clock import FakeClock
 
 # A fake clock that is never advanced hangs a test; fail it fast instead.
@@ -255,6 +255,173 @@ async def test_capacity_zero_waits_until_a_share_is_given() -> None:
         assert not done.is_set()
         limit.set_capacity(1)
     assert limit.available() == 0
+
+
+# --- answers: a start frees one window after its answer, or one guarded window after it ---------
+
+GUARD = 0.5  # a constant guard: never measured (min_samples beyond any test's requests)
+FLOOR = 0.02
+
+
+def guarded(requests: int, per: float, clock: FakeClock) -> RollingWindowLimiter:
+    guard = JitterGuard(initial=GUARD, ceiling=GUARD, floor=FLOOR, samples=10**6, min_samples=10**6)
+    return RollingWindowLimiter(requests, per, clock=clock, sleep=clock.sleep, guard=guard)
+
+
+def test_an_answered_start_frees_one_window_after_its_answer_not_one_guarded_window() -> None:
+    clock = FakeClock(T0)
+    limit = guarded(2, 60.0, clock)
+    assert limit.per_seconds == 60.0 + GUARD
+    assert limit.try_acquire()  # A at T0, answered after 0.1 s
+    clock.now = T0 + 0.1
+    limit.observe(0.1)
+    assert limit.try_acquire()  # B at T0 + 0.1, never answered (a timeout, say)
+    assert not limit.try_acquire()
+    # A's platform window ends at its answer + 60 s at the latest: + the floor, not the guard
+    assert limit.wait_time() == pytest.approx(60.0 + FLOOR)
+    clock.now = T0 + 0.1 + 60.0 + FLOOR
+    assert limit.available() == 1
+    # B holds its slot for the whole guarded window
+    assert limit.try_acquire()
+    assert limit.wait_time() == pytest.approx(T0 + 0.1 + 60.0 + GUARD - clock.now)
+
+
+def test_a_slow_answer_never_holds_a_slot_longer_than_the_guarded_window() -> None:
+    clock = FakeClock(T0)
+    limit = guarded(1, 60.0, clock)
+    assert limit.try_acquire()
+    clock.now = T0 + 3.0  # slower than the guard: the guard's model covers it, as before
+    limit.observe(3.0)
+    assert limit.wait_time() == pytest.approx(60.0 + GUARD - 3.0)
+
+
+def test_answers_out_of_order_mark_their_own_starts_and_free_in_their_order() -> None:
+    clock = FakeClock(T0)
+    limit = guarded(3, 60.0, clock)
+    for _ in range(3):  # starts at T0, T0 + 0.1, T0 + 0.2
+        assert limit.try_acquire()
+        clock.now += 0.1
+    clock.now = T0 + 0.25
+    limit.observe(0.05)  # the third, answered first
+    clock.now = T0 + 0.3
+    limit.observe(0.2)  # the second; the first is never answered
+    # they free in the reverse order of their starts: third, second, then the first
+    assert limit.wait_time() == pytest.approx(T0 + 0.25 + 60.0 + FLOOR - clock.now)
+    clock.now = T0 + 0.25 + 60.0 + FLOOR
+    assert limit.available() == 1
+    clock.now = T0 + 0.3 + 60.0 + FLOOR
+    assert limit.available() == 2
+    clock.now = T0 + 60.0 + GUARD - 0.001
+    assert limit.available() == 2
+    clock.now = T0 + 60.0 + GUARD
+    assert limit.available() == 3
+
+
+def test_a_duration_that_matches_no_start_marks_nothing() -> None:
+    clock = FakeClock(T0)
+    limit = guarded(1, 60.0, clock)
+    assert limit.try_acquire()
+    clock.now = T0 + 5.0
+    limit.observe(1.0)  # "granted at T0 + 4": no such start
+    limit.observe(float("nan"))
+    assert limit.wait_time() == pytest.approx(60.0 + GUARD - 5.0)
+
+
+def test_without_a_guard_answers_change_nothing() -> None:
+    clock = FakeClock(T0)
+    limit = limiter(1, 60.0, clock)
+    assert limit.try_acquire()
+    clock.now = T0 + 0.1
+    limit.observe(0.1)
+    assert limit.wait_time() == pytest.approx(59.9)
+
+
+async def test_an_answer_wakes_the_waiter_whose_slot_it_frees_sooner() -> None:
+    clock = FakeClock(T0, auto=False)
+    limit = guarded(1, 60.0, clock)
+    assert limit.try_acquire()
+    waited: list[float] = []
+
+    async def waiter() -> None:
+        waited.append(await limit.acquire())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await wait_all_tasks_blocked()
+        assert clock.sleeps == [pytest.approx(60.0 + GUARD)]
+        clock.now = T0 + 0.2  # no sleeper's deadline reached, but the answer came
+        limit.observe(0.2)
+        await wait_all_tasks_blocked()
+        assert clock.sleeps[-1] == pytest.approx(60.0 + FLOOR)
+        clock.advance(60.0 + FLOOR)
+    assert waited == [pytest.approx(60.2 + FLOOR)]
+
+
+def test_a_saturated_backlog_spaces_request_n_and_n_minus_capacity_by_window_answer_floor() -> None:
+    clock = FakeClock(T0)
+    capacity, per, took = 5, 60.0, 0.03
+    limit = guarded(capacity, per, clock)
+    grants: list[float] = []
+    for _ in range(4 * capacity):
+        clock.now += limit.wait_time()
+        assert limit.try_acquire()
+        grants.append(clock.now)
+        clock.now += took
+        limit.observe(took)
+    gaps = [b - a for a, b in zip(grants, grants[capacity:], strict=False)]
+    assert gaps == [pytest.approx(per + took + FLOOR)] * len(gaps)  # not per + GUARD
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    capacity=st.integers(1, 5),
+    requests=st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 0.0, 0.1, 1.0, 4.0, 11.0]),  # think time before it
+            st.sampled_from([0.0, 0.01, 0.2, 0.45, 2.0, 15.0]),  # grant -> answer
+            st.floats(0.0, 1.0),  # where in its one-way delay the platform counts it
+            st.booleans(),  # the answer is observed (a timeout or an error is not)
+        ),
+        max_size=40,
+    ),
+)
+def test_the_platform_never_counts_more_than_the_budget_in_its_window(
+    capacity: int, requests: list[tuple[float, float, float, bool]]
+) -> None:
+    """Whatever the durations and answers: the platform counts each request between its
+    grant and its answer, and within the guard's model (the one-way delay <= guard - floor),
+    and its exact rolling window of `per` never holds more than the capacity."""
+    per = 10.0
+    clock = FakeClock(T0)
+    limit = guarded(capacity, per, clock)
+    answers: list[tuple[float, float]] = []  # (answer time, duration) still to come
+    counted: list[float] = []
+
+    def answer_until(t: float) -> None:
+        while answers and answers[0][0] <= t:
+            at, took = answers.pop(0)
+            clock.now = max(clock.now, at)
+            limit.observe(took)
+
+    for think, took, where, observed in requests:
+        clock.now += think
+        answer_until(clock.now)
+        while (wait := limit.wait_time()) > 0:
+            due = clock.now + wait
+            if answers and answers[0][0] < due:
+                answer_until(answers[0][0])
+            else:
+                clock.now = max(due, math.nextafter(clock.now, math.inf))
+        assert limit.try_acquire()
+        granted = clock.now
+        counted.append(granted + where * min(took, GUARD - FLOOR))
+        if observed:
+            answers.append((granted + took, took))
+            answers.sort()
+    counted.sort()
+    for i, at in enumerate(counted):
+        in_window = sum(1 for earlier in counted[: i + 1] if earlier > at - per)
+        assert in_window <= capacity, f"request counted at {at} made {in_window} in a window"
 
 
 # --- Backoff -------------------------------------------------------------------------------
