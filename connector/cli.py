@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import os
 import sys
 from pathlib import Path
@@ -224,6 +225,9 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
         handler = setup_logging(settings.logging.level, settings.logging.format)
         handler.addFilter(RepeatFilter())  # an outage repeats aiokafka's lines by the thousand
+        # what the imports made lives as long as the process: out of the collector's sight,
+        # each full collection no longer walks it (measured: 7% of the CPU of a backlog)
+        gc.freeze()
         try:
             anyio.run(functools.partial(run_connector, settings, early_signals=early))
         except StartupFailed as exc:

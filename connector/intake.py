@@ -133,10 +133,14 @@ class Intake:
     def _take_in_all(self, batches: dict[Any, list[Any]]) -> None:
         for tp, records in batches.items():
             key = TopicPartitionKey(tp.topic, tp.partition)
+            coalesced = 0
+            track = self.p.offsets.partition(key).track
             for rec in records:
-                self._take_in(key, rec)
+                track(rec.offset)
+                coalesced += self._take_in(key, rec)
             self.p.metrics.consumed(tp.topic, len(records))
             self.p.stats.consumed += len(records)
+            self.p.stats.coalesced += coalesced
         if batches:
             self.p.delivery.update_pending()
             self.p.delivery.notify()
@@ -209,10 +213,12 @@ class Intake:
         refs = [Ref(key, offset, 0)]
         self.p.start(self.p.delivery.dead_letter, letter, Reason.UNDECODABLE_RECORD, refs)
 
-    def _take_in(self, key: TopicPartitionKey, rec: Any) -> None:
-        self.p.offsets.track(key, rec.offset)
+    def _take_in(self, key: TopicPartitionKey, rec: Any) -> bool:
+        """Take one record in (its offset tracked already); True when it superseded a pending
+        version of its ID. (Runs once per record: kept to the few calls it needs.)"""
         result: Change | Rejection | Skip
-        if undecodable := undecodable_header_keys(rec.headers or ()):
+        headers = rec.headers
+        if headers and (undecodable := undecodable_header_keys(headers)):
             # read by `kafkarecords`' lenient parser: aiokafka could not decode its header keys
             shown = ", ".join(repr(k.encode("utf-8", "surrogateescape")) for k in undecodable)
             result = Rejection(Reason.UNDECODABLE_RECORD, f"header key is not UTF-8: {shown}")
@@ -227,16 +233,17 @@ class Intake:
             )  # fmt: skip
             refs = [Ref(key, rec.offset, rec.timestamp)]
             self.p.start(self.p.delivery.dead_letter, letter, result.reason, refs)
-            return
+            return False
         if isinstance(result, Skip):  # changes nothing on the platform: finished as it is
             self.p.offsets.finish(key, rec.offset)
             self.p.metrics.skipped(result.why)
             self.p.stats.skipped += 1
-            return
-        ref = Ref(key, rec.offset, rec.timestamp, rec.key, tuple(rec.headers or ()))
+            return False
+        ref = Ref(key, rec.offset, rec.timestamp, rec.key, tuple(headers) if headers else ())
         if self.p.window.add(result, ref):
             self.p.metrics.coalesced(result.entity.endpoint)
-            self.p.stats.coalesced += 1
+            return True
+        return False
 
     def _apply_backpressure(self) -> None:
         """Pause fetching while too much is unsent; resume below the low-water mark

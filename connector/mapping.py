@@ -333,9 +333,12 @@ class CompiledMapping:
             except ValueError as exc:
                 problems.append(f"filter: {filter_expression!r} is {exc}")
         self._id_parts = self._parse_template(id_template, problems)
+        only = self._id_parts[0] if len(self._id_parts) == 1 else None
+        self._id_column = only[1] if only is not None and only[0] == "" else None
         if problems:
             raise ValueError("; ".join(problems))
-        self._plain_record = self._generate()
+        # `record` for a row without a Connect schema (the decoder calls it directly)
+        self.plain_record = self._generate()
 
     def _generate(self) -> Callable[[Mapping[str, Any]], dict[str, Any] | MappingFailed]:
         """`record` for a row without a Connect schema, as one generated function.
@@ -415,6 +418,10 @@ class CompiledMapping:
 
     def external_id(self, row: Mapping[str, Any]) -> str | MappingFailed:
         """The external ID from the template; a missing or empty part is a failure."""
+        if self._id_column is not None:  # the common case: one column that holds a string
+            value = row.get(self._id_column)
+            if type(value) is str and value:
+                return value
         out: list[str] = []
         for literal, name in self._id_parts:
             out.append(literal)
@@ -438,7 +445,7 @@ class CompiledMapping:
         `conversions` are the logical types of the row's Connect schema (`schema_conversions`);
         without them (the common case) the generated function does the work."""
         if not conversions:
-            return self._plain_record(row)
+            return self.plain_record(row)
         return self._record(row, conversions)
 
     def _record(

@@ -65,10 +65,14 @@ class OffsetTracker:
         self._committed: dict[TopicPartitionKey, int] = {}
 
     def track(self, tp: TopicPartitionKey, offset: int) -> None:
+        self.partition(tp).track(offset)
+
+    def partition(self, tp: TopicPartitionKey) -> PartitionOffsets:
+        """The offsets of `tp` (tracked from now on): for a caller that tracks many at once."""
         part = self._partitions.get(tp)
         if part is None:
             part = self._partitions[tp] = PartitionOffsets()
-        part.track(offset)
+        return part
 
     def finish(self, tp: TopicPartitionKey, offset: int) -> None:
         """Mark one offset finished; unknown partitions (revoked meanwhile) are ignored."""
