@@ -3,13 +3,15 @@ polls, what it learns of the platform's processing time, and how the budget boun
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING
 
 import pytest
 
 from connector.ratelimit import RollingWindowLimiter
 from connector.sinks.buildingminds.tracker import Outcome, Tracker
-from tests.unit.test_tracker import Clock, Platform, Reports, batch
+from tests.support.clock import FakeClock as Clock
+from tests.unit.test_tracker import Platform, Reports, batch
 
 if TYPE_CHECKING:
     from connector.window import Batch
@@ -32,7 +34,7 @@ def polling_tracker(
     return Tracker(
         platform, RollingWindowLimiter(capacity, 60, clock=clock), on_terminal=on_terminal,
         submissions_waiting=lambda: waiting, blocking=lambda: blocking, poll_interval=5,
-        clock=clock, expected_processing=1.0, min_poll_gap=0.05,
+        clock=clock, expected_processing=1.0, min_poll_gap=0.05, sleep=clock.sleep,
     )  # fmt: skip
 
 
@@ -83,12 +85,12 @@ async def test_a_batch_in_progress_is_looked_at_again_no_later_than_the_interval
 
 
 @pytest.mark.parametrize("budget_left", [True, False])
-async def test_while_the_budget_is_the_bottleneck_and_nothing_is_held_the_old_clock_paces(
+async def test_while_submissions_wait_polls_keep_the_share_gap_and_without_a_hold_the_old_clock(
     budget_left: bool,  # noqa: FBT001 - a parameter of the test
 ) -> None:
     clock, reports = Clock(), Reports()
     platform = Platform()
-    t = polling_tracker(platform, clock, reports, waiting=True, blocking=False, capacity=10)
+    t = polling_tracker(platform, clock, reports, waiting=True, blocking=False, capacity=100)
     t.track("b1", batch("x"), frozenset())
     platform.known["b1"] = {"InProgress": 1}
     clock.now += 1
@@ -100,9 +102,88 @@ async def test_while_the_budget_is_the_bottleneck_and_nothing_is_held_the_old_cl
     due = t.next_poll_at()
     assert due is not None
     if budget_left:
-        assert due - clock.now < 1.0, "slots to spare: waiting submissions do not slow polls"
+        # 20 % of 100 per 60 s: one poll request every 3 s, even with slots to spare now
+        assert t.share_gap() == pytest.approx(3.0)
+        assert due == pytest.approx(clock.now + 3.0), "the share's gap after the last poll"
     else:
         assert due == pytest.approx(clock.now + 5.0), "poll_interval after the last poll"
+
+
+async def test_without_waiting_submissions_spare_slots_are_not_paced_by_the_share() -> None:
+    clock, reports = Clock(), Reports()
+    platform = Platform()
+    t = polling_tracker(platform, clock, reports, waiting=False, capacity=100)
+    t.track("b1", batch("x"), frozenset())
+    platform.known["b1"] = {"Completed": 1}
+    clock.now += 1
+    await t.poll_once()
+    assert [b for b, _ in reports] == ["b1"]
+    t.track("b2", batch("y"), frozenset())
+    due = t.next_poll_at()
+    assert due is not None
+    assert due - clock.now == pytest.approx(t.expected), "b2's expected end, not the gap"
+    assert t.expected < t.share_gap()
+
+
+@pytest.mark.parametrize("blocking", [False, True])
+async def test_with_the_limiter_down_to_its_reserve_polls_leave_it_to_the_next_submission(
+    blocking: bool,  # noqa: FBT001 - a parameter of the test
+) -> None:
+    """No submission waits at this instant, but the next one will need one of the few slots
+    left (seen right after a start): a poll that nothing waits for keeps to the old clock."""
+    clock, reports = Clock(), Reports()
+    platform = Platform()
+    t = polling_tracker(platform, clock, reports, waiting=False, blocking=blocking, capacity=100)
+    t.track("b1", batch("x"), frozenset())
+    platform.known["b1"] = {"Completed": 1}
+    clock.now += 1
+    await t.poll_once()
+    t.track("b2", batch("y"), frozenset())
+    while t.limiter.available() > 10:  # a tenth of 100: the reserve
+        assert t.limiter.try_acquire()
+    due = t.next_poll_at()
+    assert due is not None
+    if blocking:
+        assert due == pytest.approx(clock.now + t.expected), "a record waits: its batch's time"
+    else:
+        assert due == pytest.approx(clock.now + 5.0), "poll_interval after the last poll"
+
+
+async def test_the_share_is_spread_over_the_window_so_every_batch_is_seen_soon_after_its_end() -> (
+    None
+):
+    """The demo's shape: a batch accepted every 0.75 s while submissions wait, each terminal
+    2 s later. Spent in a burst, the share left batches unseen for half a window."""
+    clock, reports = Clock(), Reports()
+    platform = Platform()
+    t = polling_tracker(platform, clock, reports, waiting=True, blocking=True, capacity=100)
+    start = clock.now
+    accepted: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    polls: list[float] = []
+    step, n = 0.05, 0
+    while clock.now < start + 180:
+        if clock.now >= start + n * 0.75:
+            t.track(f"b{n}", batch(f"x{n}"), frozenset())
+            accepted[f"b{n}"] = clock.now
+            n += 1
+        for batch_id, at in accepted.items():
+            done = clock.now - at >= 2.0
+            platform.listed[batch_id] = {"Completed": 1} if done else {"InProgress": 1}
+        due = t.next_poll_at()
+        if due is not None and due <= clock.now:
+            polls.append(clock.now)
+            await t.poll_once()
+            for batch_id, _ in reports:
+                seen.setdefault(batch_id, clock.now)
+                platform.listed.pop(batch_id, None)
+                accepted.pop(batch_id, None)
+        clock.now += step
+    waits = [seen[b] - (start + int(b[1:]) * 0.75) for b in seen]
+    assert len(waits) > 200
+    assert max(waits) <= 2.0 + 3.0 + 2 * step, "terminal, then seen within one share's gap"
+    assert all(b - a >= 3.0 - 1e-6 for a, b in itertools.pairwise(polls)), "paced"
+    assert all(sum(a <= p < a + 60 for p in polls) <= 20 for a in polls), "within the share"
 
 
 async def test_while_submissions_wait_a_held_record_makes_the_poll_due_at_once() -> None:
