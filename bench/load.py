@@ -20,7 +20,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.chart import rolling_counts, write_chart
-from bench.scenarios import Result, _emulator, budget_use
+from bench.scenarios import BUDGET_TARGET, Result, _emulator, budget_use
 from bench.services import ConnectorProcess, connector_settings
 from connector.samples import sample_events
 
@@ -299,7 +299,8 @@ def _report(
     utilisation = use.utilisation if use else 0.0
     result.check(
         "budget used (request n - request n-100)", f"{utilisation:.2%}",
-        ">= 99.5%" if backlog else "", ok=utilisation >= 0.995 if backlog else None,
+        f">= {BUDGET_TARGET:.1%}" if backlog else "",
+        ok=utilisation >= BUDGET_TARGET if backlog else None,
     )  # fmt: skip
     result.check("429 responses", str(throttled), "0", ok=throttled == 0)
     if backlog and not load.restart_every:

@@ -154,6 +154,9 @@ def _debezium_building(n: int, revision: int, partitions: int) -> Event:
     return n % partitions, orjson.dumps({"bldg_no": bid}), value
 
 
+# a budget-bound backlog uses at least this share of the budget (docs/design.md §5)
+BUDGET_TARGET = 0.995
+
 # The mapping of the mapped scenario: ten platform fields, one a date conversion.
 BUILDING_MAPPING = {
     "entity": "building",
@@ -307,6 +310,7 @@ async def _run_to_committed(
     usage = _usage_now(conn)
     scrape = await conn.scrape()
     stop = await conn.stop()
+    await emu.wait_settled()  # (measured up to the last commit; the check needs what was applied)
     stored = {e["buildingId"]: e["revision"] for e in await emu.entities("building")}
     return _Measured(
         finished - started, finished_wall, usage, scrape, stop, await emu.api_requests(),
@@ -586,7 +590,7 @@ def _budget_report(
     )  # fmt: skip
     result.check(
         "requests per minute achieved", f"{per_minute:.1f} ({use.utilisation:.1%} of budget)",
-        f">= 98% of {budget_text}", ok=use.utilisation >= 0.98,
+        f">= {BUDGET_TARGET:.1%} of {budget_text}", ok=use.utilisation >= BUDGET_TARGET,
     )  # fmt: skip
     result.check("429 responses", str(throttled), "0", ok=throttled == 0)
     result.check(
@@ -630,7 +634,7 @@ def _budget_report(
     result.summary = (
         f"{per_minute:.1f} requests/min = {use.utilisation:.1%} of {budget_text}, "
         f"{throttled} x 429, "
-        f"{mean_size:.0f} records/request (target >= 98%, zero 429s)"
+        f"{mean_size:.0f} records/request (target >= {BUDGET_TARGET:.1%}, zero 429s)"
     )
 
 

@@ -223,6 +223,20 @@ class EmulatorProcess:
             if not page["data"] or len(items) >= page["totalCount"]:
                 return items
 
+    async def wait_settled(self, within: float = 30.0) -> None:
+        """Wait until the platform has processed every batch it accepted: with status tracking
+        off a record is committed on the 200, before the platform has applied it, so what is
+        stored right after the last commit can still miss the newest batches."""
+        deadline = time.monotonic() + within
+        while True:
+            batches = await self._pages("/batch")
+            open_ = [b for b in batches if {"New", "InProgress"} & _nonzero(b["statusCounts"])]
+            if not open_:
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"{len(open_)} batches still unprocessed after {within:.0f} s")
+            await anyio.sleep(0.2)
+
     async def acceptance_times(self) -> dict[str, float]:
         """External ID -> Unix time the platform accepted it (the request that carried it),
         from `GET /batch` and `GET /batch/{id}/inbound`, read as the bench's own credential."""
@@ -488,3 +502,8 @@ class CommittedReader:
             committed = await self.consumer.committed(tp)
             total += committed or 0
         return total
+
+
+def _nonzero(counts: dict[str, int]) -> set[str]:
+    """The statuses a batch's `statusCounts` holds records in."""
+    return {status for status, n in counts.items() if n}
