@@ -103,8 +103,9 @@ class Commits:
         self, assigned: list[TopicPartition], take: Callable[[list[str | None]], None]
     ) -> None:
         """At the first assignment: hand the metadata of the partitions' last commits to
-        `take` (the limiter's `take_over`), then mark them "running" (a non-final hand-over),
-        so that a successor after a crash of this process falls back to the even assumption."""
+        `take` (the limiter's `take_over`), then mark them "running" (a non-final hand-over,
+        as every periodic commit does), so that a successor after a crash of this process
+        knows its starts up to the newest mark and assumes the rest of the budget used since."""
         if self.handover is None or not assigned:
             return
         try:

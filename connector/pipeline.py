@@ -207,8 +207,8 @@ class Pipeline:
         limiter, share = self.limiter, 1.0 if self._whole_budget else 0.0
 
         def take(metadata: list[str | None]) -> None:
-            if limiter.take_over(metadata, share):
-                log.info("request budget: took over the predecessor's last window")
+            if taken := limiter.take_over(metadata, share):
+                log.info("request budget: %s", taken)
 
         await self.commits.take_over(assigned, take)
 

@@ -266,45 +266,79 @@ class RollingWindowLimiter:
             return head + "?"
         return head + ages
 
-    def take_over(self, metadata: str | Iterable[str | None] | None, share: float = 1.0) -> bool:
+    def take_over(
+        self, metadata: str | Iterable[str | None] | None, share: float = 1.0
+    ) -> str | None:
         """Replace the even assumption (`assume_recent_use`) by what predecessors handed over.
 
         `metadata`: the commit metadata of the partitions this process was assigned (one text
-        or several; None or empty for a partition without). The newest hand-over decides:
-        it must be final (a "running" mark means its writer crashed after that commit), and
-        every other hand-over written within one window before it is added to it (replicas
-        that stopped together: their sum is what the platform counted). Older ones are
-        ignored (their starts had aged out when the newest was written, and its writer had
-        counted them). Nothing is taken when a text cannot be read, or when this replica does
-        not hold the whole budget (`share` < 1: `BudgetShare` starts it from zero and grows
-        it after a window, which keeps the sum of the replicas within the budget).
-        Starts this limiter granted since the assumption are kept. Returns True when a
-        hand-over was taken.
+        or several; None or empty for a partition without). The newest hand-over decides, and
+        every other one written within one window before it is added to it (replicas that
+        stopped together: their sum is what the platform counted); older ones are ignored
+        (their starts had aged out when the newest was written, and its writer had counted
+        them). When all of them are final, their starts are taken as they are. When one is a
+        "running" mark (its writer crashed after that commit, see `_after_a_crash`), its
+        starts are a floor, and every other slot is taken as used just now, which holds
+        whatever the writer sent after its mark; a running mark a window old or more says
+        nothing of the tail, and the even assumption stays.
+
+        Nothing is taken when a text cannot be read or lists too many starts, or when this
+        replica does not hold the whole budget (`share` < 1: `BudgetShare` starts it from
+        zero and grows it after a window, which keeps the sum of the replicas within the
+        budget). Starts this limiter granted since the assumption are kept. Returns what was
+        taken, for the log, or None when the even assumption stays.
         """
         texts = [metadata] if isinstance(metadata, str) or metadata is None else list(metadata)
         present = list(dict.fromkeys(t for t in texts if t))  # every partition has a copy
         if share < 1 or not present:
-            return False
+            return None
         parsed = [_parse_handover(t) for t in present]
         handovers = [h for h in parsed if h is not None]
         if len(handovers) != len(parsed):
-            return False
+            return None
         newest = max(h.written for h in handovers)
         recent = [h for h in handovers if h.written > newest - self._per]
-        if not all(h.final and h.ages is not None for h in recent):
-            return False
+        if not all(h.ages is not None for h in recent):
+            return None
+        now, wall = self._clock(), self._wall()
+        running = [h.written for h in recent if not h.final]
+        if running and wall - max(running) >= self._per:
+            return None
         if self._guard is not None:  # the predecessor's jitter, for as long as it is unknown
             self._guard.carry(max(h.window for h in recent) - self._budget_per)
             self._per = self._budget_per + self._guard.seconds
-        now, wall = self._clock(), self._wall()
         handed: list[float] = []
         for h in recent:
             since = max(wall - h.written, 0.0)  # a clock behind the writer's: no younger
             handed.extend(now - since - age for age in h.ages or ())
+        if running:
+            handed = self._after_a_crash(handed, now)
         own = [s for s in self._starts if self._assumed_at is None or s > self._assumed_at]
         self._starts = deque(sorted(s for s in (*handed, *own) if s + self._per > now))
         self._assumed_at = None
-        return True
+        if running:
+            return "after a crash: the predecessor's last running mark, every other slot used now"
+        return "took over the predecessor's last window"
+
+    def _after_a_crash(self, known: list[float], now: float) -> list[float]:
+        """The starts to assume when a predecessor crashed after its last mark: `known` (the
+        marks' starts, on this clock) that cannot have freed their slot by `now`, and `now`
+        for every other slot of the budget.
+
+        Why this holds whatever the predecessors did after their marks: together they never
+        held more than the capacity, and none of them starts a request after `now` (they are
+        gone). A start holds its slot at least the platform's window (`budget_seconds`; an
+        answered one frees a little after that, `observe`), so a known start younger than
+        that cannot have been followed on its slot by a later one: it keeps its date. Every
+        other slot (free at the mark, or freed since) may have been taken again up to `now`,
+        so it is dated `now`, the latest it can be. The guard widens the first test for
+        clocks that disagree by up to the guard. Cost: the slots dated `now` come back one
+        window later (after a predecessor that used the whole budget, about the budget of the
+        time since its last mark; after a quiet one, up to the whole budget).
+        """
+        tolerance = self._per - self._budget_per
+        kept = [s for s in known if s + self._budget_per > now + tolerance]
+        return kept + [now] * max(0, self._capacity - len(kept))
 
     def block_for(self, seconds: float) -> None:
         """Grant no slot until `seconds` from now, e.g. after a 429 with `Retry-After`.

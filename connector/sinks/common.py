@@ -37,7 +37,9 @@ def budget_limiter(rate: RateLimitSettings) -> RollingWindowLimiter:
     can bring two starts closer there than here: the window is widened by a guard sized from
     the measured spread of request times (`ratelimit.JitterGuard`; 1% + 50 ms until measured).
     A restart takes over its predecessor's last window from the final commit's metadata
-    (`RollingWindowLimiter.take_over`), else assumes it was used evenly.
+    (`RollingWindowLimiter.take_over`); after a crash it keeps the starts of the newest
+    periodic mark and counts the rest of the budget as used at the take-over; with no mark
+    it assumes the last window was used evenly.
     """
     return RollingWindowLimiter.for_budget(rate.requests, rate.per_seconds)
 
