@@ -157,7 +157,7 @@ def test_the_fast_paths_agree_with_jmespath_itself(expression: str, row: dict[st
 
 # every form the generated `record` unrolls differently: a column, a nested path, an expression,
 # a join of columns, each explicit conversion
-_FORMS = {
+_FORMS: dict[str, str | dict[str, str]] = {
     "name": "bldg_name", "city": "address.city", "size": "length(bldg_name)",
     "code": "join('/', [site_no, bldg_no])", "one": "join('', [bldg_no])",
     "built": {"expr": "built", "convert": "date"},
@@ -179,9 +179,9 @@ _ANY_VALUE = st.one_of(
 )  # fmt: skip
 
 
-def _mapping_of(fields: dict[str, object]) -> CompiledMapping:
+def _mapping_of(fields: dict[str, str | dict[str, str]]) -> CompiledMapping:
     return compile_mapping(
-        entity="building", id_template="bldg_no", fields=fields,  # type: ignore[arg-type]
+        entity="building", id_template="bldg_no", fields=fields,
         constants={"kind": "office"},
     )  # fmt: skip
 
