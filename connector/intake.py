@@ -46,6 +46,7 @@ log = get_logger(__name__)
 _UNREADABLE = (CorruptRecordException, UnsupportedCodecError, UnicodeDecodeError, ValueError)
 STEP_LIMIT = 5000  # records read one at a time per partition after an unreadable batch
 STEP_WAIT_MS = 300  # and how long each single read waits for a fetch
+PAUSED_LOOK_MS = 20  # how often a paused consume loop checks whether to resume
 
 
 class Consumer(Protocol):
@@ -121,8 +122,12 @@ class Intake:
         while not self.p.draining:
             self.p.heartbeat = self.p.clock()
             self._apply_backpressure()
+            # paused, the call only waits: look again soon, or a backlog that drains in less
+            # than the wait leaves the pipeline idle until the next look (seen: resumed with
+            # 0 of 50,000 unsent, several times a second)
+            wait_ms = PAUSED_LOOK_MS if self.paused else 200
             try:
-                batches = await self.consumer.getmany(timeout_ms=200, max_records=2000)
+                batches = await self.consumer.getmany(timeout_ms=wait_ms, max_records=2000)
             except _UNREADABLE as exc:
                 await self._step_past_unreadable(exc)
                 continue
