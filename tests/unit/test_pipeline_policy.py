@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from connector.app import Pipeline
 from connector.config import PipelineSettings, Settings
 from connector.deadletter import DeadLetterWriter
-from connector.intake import Pressure, backpressure
+from connector.intake import PAUSED_LOOK_MS, Pressure, backpressure
 from connector.lifecycle import State
 from connector.metrics import Metrics
 from connector.offsets import TopicPartitionKey
@@ -24,6 +24,8 @@ from tests.support.pipeline import eventually
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from aiokafka.structs import TopicPartition
 
 pytestmark = pytest.mark.anyio
 
@@ -175,3 +177,33 @@ def test_backpressure_pauses_over_the_limit_and_resumes_below_the_low_water_mark
     assert decide(True, 49) is Pressure.RESUME
     assert decide(True, 49, held=100) is Pressure.STAY
     assert decide(True, 49, pending_bytes=5_000) is Pressure.STAY
+
+
+class _WaitsRecorded(MemoryConsumer):
+    """Records how long each call was allowed to wait while fetching was paused."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(topic)
+        self.paused_waits: list[int] = []
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Any]]:
+        if self.paused:
+            self.paused_waits.append(timeout_ms)
+        return await super().getmany(*partitions, timeout_ms=timeout_ms, max_records=max_records)
+
+
+async def test_a_paused_consume_loop_looks_again_soon_instead_of_idling() -> None:
+    # a backlog can drain below the resume mark faster than a long wait: the loop must not
+    # sit in a 200 ms call while there is nothing left to send
+    consumer, sink = _WaitsRecorded(TOPIC), MemorySink()
+    for i in range(40):
+        consumer.add(*_building(i))
+    pipeline = _pipeline(_settings(max_pending_records=10), consumer, sink)
+    async with anyio.create_task_group() as tg:
+        await tg.start(pipeline.run)
+        await _until(lambda: consumer.committed_positions() == {0: 40}, "all committed")
+        pipeline.begin_drain()
+    assert consumer.paused_waits, "the backlog paused fetching"
+    assert max(consumer.paused_waits) <= PAUSED_LOOK_MS
