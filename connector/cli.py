@@ -226,7 +226,8 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         handler = setup_logging(settings.logging.level, settings.logging.format)
         handler.addFilter(RepeatFilter())  # an outage repeats aiokafka's lines by the thousand
         # what the imports made lives as long as the process: out of the collector's sight,
-        # each full collection no longer walks it (measured: 7% of the CPU of a backlog)
+        # each full collection no longer walks it (measured: 8,700 of 133,000 instructions a
+        # mapped record took to take in)
         gc.freeze()
         try:
             anyio.run(functools.partial(run_connector, settings, early_signals=early))

@@ -84,13 +84,21 @@ def _epoch_seconds(seconds: int) -> str:
     return f"{day}T{_TWO_DIGITS[hours]}:{_TWO_DIGITS[minutes]}:{_TWO_DIGITS[secs]}Z"
 
 
-def _epoch_converter(how: str, divisor: int) -> Callable[[Any], Any]:
+# epoch encodings: seconds = value * factor // divisor (floored: the platform prints no fraction)
+_EPOCH_UNITS: dict[str, tuple[int, int]] = {
+    "date": (86_400, 1), "timestamp": (1, 1_000), "micro_timestamp": (1, 1_000_000),
+    "nano_timestamp": (1, 1_000_000_000),
+}  # fmt: skip
+
+
+def _epoch_converter(how: str) -> Callable[[Any], Any]:
     """The converter of one epoch encoding (days, ms, µs, ns), for the compiled mappings."""
+    factor, divisor = _EPOCH_UNITS[how]
 
     def to_iso(value: Any) -> Any:
         if type(value) is not int:  # (None, and the wrong types, get `convert`'s own answer)
             return convert(value, how)
-        return _epoch_seconds(value * 86_400 if how == "date" else value // divisor)
+        return _epoch_seconds(value * factor // divisor)
 
     return to_iso
 
@@ -101,7 +109,7 @@ def _number(value: decimal.Decimal) -> float | str:
     return as_float if decimal.Decimal(repr(as_float)) == value else str(value)
 
 
-def convert(value: Any, how: str, *, scale: int = 0) -> Any:  # noqa: PLR0911 - one per type
+def convert(value: Any, how: str, *, scale: int = 0) -> Any:
     """Convert one Debezium-encoded value; raises ValueError/TypeError with a readable message.
 
     date: epoch days -> `YYYY-MM-DDT00:00:00Z`; timestamp / micro / nano: epoch ms / µs / ns
@@ -133,18 +141,14 @@ def convert(value: Any, how: str, *, scale: int = 0) -> Any:  # noqa: PLR0911 - 
         return _iso(moment.astimezone(dt.UTC))
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{how} expects an integer, not {type(value).__name__} {value!r}")
-    if how == "date":
-        return _epoch_seconds(value * 86_400)
-    if how not in _DIVISORS:
+    if how not in _EPOCH_UNITS:
         raise ValueError(f"unknown conversion {how!r}")
-    return _epoch_seconds(value // _DIVISORS[how])  # (floored: the platform prints no fraction)
+    factor, divisor = _EPOCH_UNITS[how]
+    return _epoch_seconds(value * factor // divisor)
 
 
-_DIVISORS = {"timestamp": 1_000, "micro_timestamp": 1_000_000, "nano_timestamp": 1_000_000_000}
 # what a compiled mapping calls for a field's explicit `convert` (`convert` for the rest)
-_CONVERTERS: dict[str, Callable[[Any], Any]] = {
-    how: _epoch_converter(how, divisor) for how, divisor in {**_DIVISORS, "date": 1}.items()
-}
+_CONVERTERS: dict[str, Callable[[Any], Any]] = {how: _epoch_converter(how) for how in _EPOCH_UNITS}
 
 
 def schema_conversions(schema: Any) -> dict[str, tuple[Conversion, int]]:
