@@ -230,11 +230,12 @@ class Delivery:
             try:
                 result = await self.p.sink.submit(batch)
             except ConnectorError as exc:
+                if self.p.limiter is not None and getattr(exc, "status", None) is not None:
+                    # answered: if the platform counted it, that was before this moment
+                    self.p.limiter.observe(self.p.clock() - since)
                 what = disposition(exc, len(batch.slots))
                 match what:
                     case Wait(seconds=wait):
-                        if self.p.limiter is not None:  # the platform counted it
-                            self.p.limiter.observe(self.p.clock() - since)
                         self.p.metrics.request(endpoint, "429")
                         self.p.metrics.retry(what.label)
                         self.p.sink.rate_limited(wait)

@@ -52,11 +52,14 @@ class RollingWindowLimiter:
 
     A start at time `t` is granted only while fewer than `capacity` recorded starts still hold
     their slot at `t` and no `block_for` is in force. A start holds its slot for `per_seconds`.
-    With a `JitterGuard`, a start whose answer was observed (`observe`) holds it only until the
-    platform's window plus the guard's floor has passed since that answer, if that is sooner:
-    the platform counted the request before it answered, so the answer bounds where the
-    platform's window for it ends, whatever the jitter was (see `JitterGuard`). Waiters are
-    served first come, first served; a newcomer never overtakes a queued waiter.
+    With a `JitterGuard`, a start whose answer was observed (`observe`) holds it instead until
+    the platform's window plus the guard's floor has passed since that answer, sooner or later
+    than that: the platform counted the request before it answered, so the answer bounds where
+    the platform's window for it ends, whatever the jitter was (see `JitterGuard`). The guard
+    is a model of the jitter, measured on recent requests; the answer is a proof, and it holds
+    when the model does not (a platform that counts a slow request at its end, a guard that
+    has shrunk since). Waiters are served first come, first served; a newcomer never
+    overtakes a queued waiter.
 
     Memory: the log holds only starts still holding a slot, so at most the largest capacity
     in force during the last `per_seconds` (it is not trimmed on a shrink, because a later grow
@@ -89,7 +92,7 @@ class RollingWindowLimiter:
         self._wall = wall
         self._sleep = sleep
         self._starts: deque[float] = deque()
-        self._soonest = math.inf  # no answered start in the log frees before this
+        self._soonest = math.inf  # no start in the log frees before this
         self._blocked_until = -math.inf
         self._assumed_at: float | None = None  # when `assume_recent_use` filled the log
         self._writer = uuid.uuid4().hex[:12]  # names this process's hand-overs
@@ -148,9 +151,8 @@ class RollingWindowLimiter:
         self._per = self._budget_per + self._guard.seconds
         if 0 <= seconds < math.inf:
             self._answered(self._clock(), seconds)
-        # once per answer: the guard may have moved every answered start's expiry
-        answered = (self._expiry(s) for s in self._starts if isinstance(s, _Answered))
-        self._soonest = min(answered, default=math.inf)
+        # once per answer: the guard may have moved every unanswered start's expiry
+        self._soonest = min(map(self._expiry, self._starts), default=math.inf)
         if self._wake is not None:  # the head waiter's slot may free sooner now
             self._wake.set()
 
@@ -173,10 +175,9 @@ class RollingWindowLimiter:
 
     def _expiry(self, start: float) -> float:
         """When `start` stops holding its slot (class docstring)."""
-        unanswered = start + self._per
         if isinstance(start, _Answered) and self._guard is not None:
-            return min(unanswered, start.answer + self._budget_per + self._guard.floor)
-        return unanswered
+            return start.answer + self._budget_per + self._guard.floor
+        return start + self._per
 
     async def acquire(self) -> float:
         """Wait until a slot is free, record the start, and return the seconds waited.
@@ -192,15 +193,19 @@ class RollingWindowLimiter:
             while (wait := self.wait_time()) > 0:
                 await self._nap(wait)
             now = self._clock()
-            self._starts.append(now)
+            self._record(now)
         return now - started
 
     def try_acquire(self) -> bool:
         """Take a slot now if one is free and nobody is queued for it; never waits."""
         if self._queue.locked() or self.wait_time() > 0:
             return False
-        self._starts.append(self._clock())
+        self._record(self._clock())
         return True
+
+    def _record(self, start: float) -> None:
+        self._starts.append(start)
+        self._soonest = min(self._soonest, start + self._per)
 
     def available(self) -> int:
         """Slots free right now (0 while a `block_for` is in force)."""
@@ -219,9 +224,6 @@ class RollingWindowLimiter:
             free_at = math.inf
         elif excess < 0:
             free_at = now
-        elif self._soonest == math.inf:  # no answered start: they free in the order of the log
-            # Once the start at this index ages out, capacity - 1 starts remain in the window.
-            free_at = self._starts[excess] + self._per
         else:
             # Once the slot freeing at this rank frees, capacity - 1 starts hold one.
             free_at = heapq.nsmallest(excess + 1, map(self._expiry, self._starts))[-1]
@@ -241,11 +243,13 @@ class RollingWindowLimiter:
             return
         now, per, n = self._clock(), self._per, self._capacity
         self._starts.extend(now - per + per * (i + 1) / n for i in range(n))
+        self._soonest = min(self._soonest, self._starts[0] + per)
         self._assumed_at = now
 
     # ---------------------------------------------------------------- hand-over
     def handover(self, *, final: bool = True) -> str:
-        """The start times of this limiter's requests still in the window, for a successor.
+        """The start times of this limiter's requests still holding a slot, for a successor
+        (an answered one's answer time instead: the successor holds it a window from there).
 
         Written by a process that stops into the metadata of its final offset commit
         (`final=True`); `final=False` marks a commit of a process that keeps running, so a
@@ -256,8 +260,12 @@ class RollingWindowLimiter:
         """
         now = self._clock()
         self._prune(now)
-        # the time rounded up and the ages down: a start is never taken for older than it is
-        ages = ",".join(str(int((now - s) * 1000)) for s in reversed(self._starts))
+        # an answered start as its answer (where its slot's proof starts, see the class
+        # docstring); the time rounded up and the ages down: never taken for older than it is
+        ages = ",".join(
+            str(int((now - (s.answer if isinstance(s, _Answered) else s)) * 1000))
+            for s in reversed(self._starts)
+        )
         head = (
             f"{HANDOVER_VERSION};{self._writer};{'f' if final else 'r'};"
             f"{math.ceil(self._wall() * 1000) / 1000:.3f};{self._per:g};"
@@ -314,7 +322,8 @@ class RollingWindowLimiter:
         if running:
             handed = self._after_a_crash(handed, now)
         own = [s for s in self._starts if self._assumed_at is None or s > self._assumed_at]
-        self._starts = deque(sorted(s for s in (*handed, *own) if s + self._per > now))
+        self._starts = deque(sorted(s for s in (*handed, *own) if self._expiry(s) > now))
+        self._soonest = min(map(self._expiry, self._starts), default=math.inf)
         self._assumed_at = None
         if running:
             return "after a crash: the predecessor's last running mark, every other slot used now"
@@ -362,14 +371,10 @@ class RollingWindowLimiter:
 
     def _prune(self, now: float) -> None:
         """Forget the starts that no longer hold a slot at `now`."""
-        starts, per = self._starts, self._per
-        while starts and starts[0] + per <= now:
-            starts.popleft()
-        # answered starts free by their answers, so one may free before an older start
+        # answered starts free by their answers, so not in the order of the log
         if now >= self._soonest:
             self._starts = deque(s for s in self._starts if self._expiry(s) > now)
-            answered = (self._expiry(s) for s in self._starts if isinstance(s, _Answered))
-            self._soonest = min(answered, default=math.inf)
+            self._soonest = min(map(self._expiry, self._starts), default=math.inf)
 
     async def _nap(self, seconds: float) -> None:
         """Sleep up to `seconds`, or less if `set_capacity` grows the capacity or `observe`

@@ -6,7 +6,9 @@ while a new fault starts every `--fault-seconds`: API 5xx, resets, hangs, 429 st
 answers, a token endpoint outage, revoked tokens, kill -9 of the connector, SIGTERM and
 restart, and (with a broker of our own) SIGSTOP of the broker beyond the session timeout. At
 the end the faults stop, the connector catches up, and the report gives records sent, lost
-(must be 0), duplicated, dead-lettered, 429s, restarts and peak memory.
+(must be 0), duplicated, dead-lettered, 429s, restarts and peak memory. The emulator's request
+log goes beside it (`soak-report.requests.json`), and the connector's logs stay in the
+temporary directory the first line names.
 
     python -m tests.reliability.soak --minutes 30 --out soak-report.json
 """
@@ -65,6 +67,7 @@ def _say(text: str) -> None:
 
 async def soak(minutes: float, fault_seconds: float, rate: float, out: Path) -> int:
     work = Path(tempfile.mkdtemp(prefix="soak-"))
+    _say(f"working in {work}")
     broker = await anyio.to_thread.run_sync(find_or_start_broker, work / "kafka")
     server, emu = await start_emulator(
         EmulatorOptions(processing_delay_seconds=1, token_lifetime_seconds=120, seed=7)
@@ -169,6 +172,8 @@ async def soak(minutes: float, fault_seconds: float, rate: float, out: Path) -> 
             "peak_rss_mb": round(peak, 1),
         }
         await anyio.Path(out).write_text(json.dumps(report, indent=2))
+        # the platform's side of every request, to find what caused a 429 after the fact
+        await anyio.Path(out.with_suffix(".requests.json")).write_text(json.dumps(log))
         for key, value in report.items():
             print(f"{key:20} {value}")  # noqa: T201
         return 0 if caught_up and lost == 0 else 1

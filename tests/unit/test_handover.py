@@ -109,6 +109,30 @@ def test_a_successor_uses_the_budget_its_predecessor_left() -> None:
     assert second.available() == CAPACITY, "and age out when they would on the platform"
 
 
+def test_an_answered_start_is_handed_over_as_its_answer() -> None:
+    """The platform may count a slow request at its end: the successor holds that slot one
+    window after the answer, not after the start (the soak's 429 after a SIGTERM restart)."""
+    clocks = Clocks()
+
+    def guarded(offset: float) -> RollingWindowLimiter:
+        return RollingWindowLimiter(
+            1, PER, clock=lambda: clocks.mono + offset, wall=lambda: clocks.wall,
+            guard=JitterGuard(initial=0.5, ceiling=0.5),
+        )  # fmt: skip
+
+    first = guarded(0.0)
+    assert first.try_acquire()
+    clocks.advance(2.0)
+    first.observe(2.0)  # answered after 2 s: counted by the platform at most 2 s late
+    text = first.handover()
+    second = guarded(-99.0)
+    assert second.take_over(text)
+    clocks.advance(PER - 0.1)  # one window after the start, plus the guard: not yet
+    assert second.available() == 0
+    clocks.advance(0.1 + 0.5)  # one window after the answer, plus the successor's guard
+    assert second.available() == 1
+
+
 @pytest.mark.parametrize(
     "texts",
     [

@@ -286,13 +286,28 @@ def test_an_answered_start_frees_one_window_after_its_answer_not_one_guarded_win
     assert limit.wait_time() == pytest.approx(T0 + 0.1 + 60.0 + GUARD - clock.now)
 
 
-def test_a_slow_answer_never_holds_a_slot_longer_than_the_guarded_window() -> None:
+def test_a_slow_answer_holds_its_slot_one_window_after_the_answer_not_the_guarded_window() -> None:
     clock = FakeClock(T0)
     limit = guarded(1, 60.0, clock)
     assert limit.try_acquire()
-    clock.now = T0 + 3.0  # slower than the guard: the guard's model covers it, as before
+    clock.now = T0 + 3.0  # slower than the guard: the platform may have counted it just now
     limit.observe(3.0)
-    assert limit.wait_time() == pytest.approx(60.0 + GUARD - 3.0)
+    assert limit.wait_time() == pytest.approx(60.0 + FLOOR)
+
+
+def test_a_guard_that_shrinks_after_slow_answers_frees_no_slot_before_its_answer_proof() -> None:
+    """The soak's 429: answers slowed by 2 s widen the measured guard, faster ones shrink it
+    again, and a slow start must still hold its slot a window after its answer."""
+    clock = FakeClock(T0)
+    guard = JitterGuard(ceiling=3.0, floor=FLOOR, samples=5, min_samples=5)
+    limit = RollingWindowLimiter(1, 60.0, clock=clock, sleep=clock.sleep, guard=guard)
+    assert limit.try_acquire()
+    clock.now = T0 + 2.0
+    limit.observe(2.0)  # counted by the platform at T0 + 2.0, say
+    for _ in range(5):
+        limit.observe(0.01)  # later fast answers (of requests outside this window)
+    assert limit.per_seconds == pytest.approx(60.0 + FLOOR)
+    assert limit.wait_time() == pytest.approx(60.0 + FLOOR)
 
 
 def test_answers_out_of_order_mark_their_own_starts_and_free_in_their_order() -> None:
@@ -378,7 +393,8 @@ def test_a_saturated_backlog_spaces_request_n_and_n_minus_capacity_by_window_ans
     requests=st.lists(
         st.tuples(
             st.sampled_from([0.0, 0.0, 0.1, 1.0, 4.0, 11.0]),  # think time before it
-            st.sampled_from([0.0, 0.01, 0.2, 0.45, 2.0, 15.0]),  # grant -> answer
+            # grant -> answer, within the window (the sink's request timeout is shorter)
+            st.sampled_from([0.0, 0.01, 0.2, 0.45, 2.0, 9.5]),
             st.floats(0.0, 1.0),  # where in its one-way delay the platform counts it
             st.booleans(),  # the answer is observed (a timeout or an error is not)
         ),
@@ -389,32 +405,34 @@ def test_the_platform_never_counts_more_than_the_budget_in_its_window(
     capacity: int, requests: list[tuple[float, float, float, bool]]
 ) -> None:
     """Whatever the durations and answers: the platform counts each request between its
-    grant and its answer, and within the guard's model (the one-way delay <= guard - floor),
-    and its exact rolling window of `per` never holds more than the capacity."""
+    grant and its answer (anywhere, when the answer is observed; within the guard's model, the
+    one-way delay <= guard - floor, when it is not), and its exact rolling window of `per`
+    never holds more than the capacity."""
     per = 10.0
     clock = FakeClock(T0)
     limit = guarded(capacity, per, clock)
     answers: list[tuple[float, float]] = []  # (answer time, duration) still to come
     counted: list[float] = []
 
-    def answer_until(t: float) -> None:
+    def advance_to(t: float) -> None:
+        """Move the clock to `t`, observing each answer on the way at its own moment."""
         while answers and answers[0][0] <= t:
             at, took = answers.pop(0)
             clock.now = max(clock.now, at)
             limit.observe(took)
+        clock.now = max(clock.now, t)
 
     for think, took, where, observed in requests:
-        clock.now += think
-        answer_until(clock.now)
+        advance_to(clock.now + think)
         while (wait := limit.wait_time()) > 0:
             due = clock.now + wait
             if answers and answers[0][0] < due:
-                answer_until(answers[0][0])
+                advance_to(answers[0][0])
             else:
                 clock.now = max(due, math.nextafter(clock.now, math.inf))
         assert limit.try_acquire()
         granted = clock.now
-        counted.append(granted + where * min(took, GUARD - FLOOR))
+        counted.append(granted + where * (took if observed else min(took, GUARD - FLOOR)))
         if observed:
             answers.append((granted + took, took))
             answers.sort()

@@ -292,7 +292,9 @@ class Tracker:
             self.limiter.block_for(exc.retry_after or 60.0)
             self.on_poll("rate_limited")
             raise
-        except (ApiError, AuthError):
+        except (ApiError, AuthError) as exc:
+            if getattr(exc, "status", None) is not None:  # answered (see `observe`)
+                self.limiter.observe(self.clock() - started)
             self.on_poll("error")
             raise
         self.limiter.observe(self.clock() - started)
