@@ -271,3 +271,16 @@ class Intake:
         elif self.paused:
             # partitions assigned by a rebalance meanwhile start unpaused
             self.consumer.pause(*self.consumer.assignment())
+        self.p.window.behind = self.paused or self._unfetched()
+
+    def _unfetched(self) -> bool:
+        """Whether Kafka holds more than a request's worth of an assigned partition not taken
+        in yet, as of the last fetch's high watermark (more than one offset: a transactional
+        producer's commit markers are offsets too, and no record is ever taken in for them)."""
+        enough = self.p.window.max_records
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            taken = self.p.offsets.next_offset(TopicPartitionKey(tp.topic, tp.partition))
+            if high is not None and taken is not None and high - taken > enough:
+                return True
+        return False

@@ -14,7 +14,11 @@
   record plus `patience` seconds for a full request (in proportion for a partial one). So a
   slot is not spent on an endpoint whose records are mostly held while a fuller one waits,
   and no endpoint is passed over for one whose oldest record came more than `patience`
-  seconds after its own.
+  seconds after its own. While the source is behind (`behind`: the intake is paused, or
+  Kafka holds records it has not fetched yet), a partial request's missing records may be
+  just behind the buffer: then only a full request carries, and it outweighs
+  `backlog_patience` seconds of waiting (a budget-bound backlog sends full requests only, and
+  an endpoint still waits at most that long behind one whose oldest record came later).
 
 Must not: do I/O or sleep; the scheduler (in `app`) asks it what is ready and when to look
 again, on an injected clock.
@@ -102,15 +106,18 @@ class Window:
         max_wait: float,
         clock: Callable[[], float],
         patience: float = 10.0,
+        backlog_patience: float = 60.0,
     ) -> None:
-        """`patience`: how many seconds of waiting a full request outweighs when slots are
-        scarce (see the module docstring)."""
+        """`patience` (`backlog_patience` while `behind`): how many seconds of waiting a full
+        request outweighs when slots are scarce (see the module docstring)."""
         self.max_records = max_records
         self.max_request_bytes = max_request_bytes
         self.max_wait = max_wait
         self.clock = clock
         self.patience = patience
+        self.backlog_patience = backlog_patience
         self.draining = False
+        self.behind = False  # set by the intake: more records wait in the source
         self._queues: dict[str, _Queue] = {}
         self.pending_records = 0  # Kafka records held (coalesced ones included)
         self.unsent_records = 0  # of those, not yet taken into a request
@@ -177,8 +184,10 @@ class Window:
                 if best is None or since < best[0]:
                     best = (since, queue.entity)
             if slots is not None:
-                carry = 1.0 if full else eligible / self.max_records
-                rank = since - carry * self.patience  # lower goes first
+                if self.behind:
+                    rank = since - (self.backlog_patience if full else 0.0)  # lower goes first
+                else:
+                    rank = since - (1.0 if full else eligible / self.max_records) * self.patience
                 if carry_best is None or (rank, since) < carry_best[:2]:
                     carry_best = (rank, since, queue.entity)
         if best is None:

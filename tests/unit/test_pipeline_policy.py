@@ -207,3 +207,19 @@ async def test_a_paused_consume_loop_looks_again_soon_instead_of_idling() -> Non
         pipeline.begin_drain()
     assert consumer.paused_waits, "the backlog paused fetching"
     assert max(consumer.paused_waits) <= PAUSED_LOOK_MS
+
+
+def test_the_window_is_told_when_more_than_a_request_waits_unfetched_in_kafka() -> None:
+    consumer = MemoryConsumer(TOPIC)
+    for i in range(25):
+        consumer.add(*_building(i))
+    pipeline = _pipeline(_settings(), consumer, MemorySink())
+    key = TopicPartitionKey(TOPIC, 0)
+    pipeline.intake._apply_backpressure()
+    assert not pipeline.window.behind, "nothing taken in yet: no position to compare"
+    pipeline.offsets.track(key, 0)
+    pipeline.intake._apply_backpressure()
+    assert pipeline.window.behind, "24 records unfetched: more than a request (10)"
+    pipeline.offsets.track(key, 14)
+    pipeline.intake._apply_backpressure()
+    assert not pipeline.window.behind, "10 left: not more than a request's worth"

@@ -5,7 +5,9 @@ Invariants (docs/design.md, scheduling):
 2. With at least as many slots as ready endpoints, the oldest ready work goes first.
 3. With fewer slots, no endpoint is chosen over another with eligible records whose oldest
    record came more than `patience` seconds earlier (no starvation), and of two endpoints
-   whose oldest records came at the same time, the one that carries more wins.
+   whose oldest records came at the same time, the one that carries more wins. While the
+   source is behind, `backlog_patience` instead, and a partial request never goes before a
+   full one whose oldest record came less than that later.
 4. The choice is an endpoint with eligible records, never a held one.
 """
 
@@ -22,7 +24,7 @@ from connector.window import Ref, Window
 
 TP = TopicPartitionKey("t", 0)
 ENDPOINTS = [ENTITIES[name] for name in ("Building", "Certificate", "Valuation", "EnergyRating")]
-MAX_RECORDS, MAX_WAIT, PATIENCE = 10, 1.0, 10.0
+MAX_RECORDS, MAX_WAIT, PATIENCE, BACKLOG_PATIENCE = 10, 1.0, 10.0, 60.0
 
 
 class Clock:
@@ -56,7 +58,7 @@ def build(steps: list[tuple[float, int, int]], in_flight_every: int) -> tuple[Wi
     clock = Clock()
     w = Window(
         max_records=MAX_RECORDS, max_request_bytes=1_000_000, max_wait=MAX_WAIT, clock=clock,
-        patience=PATIENCE,
+        patience=PATIENCE, backlog_patience=BACKLOG_PATIENCE,
     )  # fmt: skip
     for n, (gap, endpoint, ident) in enumerate(steps):
         clock.now += gap
@@ -85,11 +87,16 @@ def ready_ones(w: Window, now: float) -> dict[str, float]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(arrivals, st.integers(0, 4), st.integers(0, 5), st.floats(0, 5))
+@given(arrivals, st.integers(0, 4), st.integers(0, 5), st.floats(0, 5), st.booleans())
 def test_the_choice_keeps_the_invariants(
-    steps: list[tuple[float, int, int]], in_flight_every: int, slots: int, later: float
+    steps: list[tuple[float, int, int]],
+    in_flight_every: int,
+    slots: int,
+    later: float,
+    behind: bool,  # noqa: FBT001 - drawn by hypothesis
 ) -> None:
     w, clock = build(steps, in_flight_every)
+    w.behind = behind
     clock.now += later
     choice = w.ready((), slots)
     ready = ready_ones(w, clock.now)
@@ -103,9 +110,36 @@ def test_the_choice_keeps_the_invariants(
         assert choice.endpoint in ready
         assert ready[choice.endpoint] == min(ready.values())
         return
-    chosen_since, _ = cands[choice.endpoint]
+    chosen_since, chosen_count = cands[choice.endpoint]
     oldest = min(since for since, _ in cands.values())
-    assert chosen_since <= oldest + PATIENCE + 1e-9  # 3: no starvation beyond patience
+    patience = BACKLOG_PATIENCE if behind else PATIENCE
+    assert chosen_since <= oldest + patience + 1e-9  # 3: no starvation beyond patience
+    if behind and chosen_count < MAX_RECORDS:  # 3: behind, full requests first
+        full = [since for since, n in cands.values() if n >= MAX_RECORDS]
+        assert all(since >= chosen_since + BACKLOG_PATIENCE - 1e-9 for since in full)
+
+
+def test_behind_a_full_request_goes_before_an_older_partial_one() -> None:
+    """budget-six's two half-full requests: the intake paused with one endpoint's buffered
+    records used up, its oldest record 31 s older than a full endpoint's."""
+    clock = Clock()
+    w = Window(
+        max_records=MAX_RECORDS, max_request_bytes=1_000_000, max_wait=MAX_WAIT, clock=clock,
+        patience=PATIENCE, backlog_patience=BACKLOG_PATIENCE,
+    )  # fmt: skip
+    for i in range(MAX_RECORDS // 2):
+        w.add(change(0, f"a-{i}"), Ref(TP, i, 0))
+    clock.now += 31
+    for i in range(MAX_RECORDS):
+        w.add(change(1, f"b-{i}"), Ref(TP, 100 + i, 0))
+    assert w.ready((), 1) is ENDPOINTS[0]  # caught up: the older one, as before
+    w.behind = True
+    assert w.ready((), 1) is ENDPOINTS[1]
+    assert w.take(ENDPOINTS[1]) is not None
+    clock.now = BACKLOG_PATIENCE + 1  # behind, still no endpoint waits beyond backlog_patience
+    for i in range(MAX_RECORDS):
+        w.add(change(1, f"c-{i}"), Ref(TP, 200 + i, 0))
+    assert w.ready((), 1) is ENDPOINTS[0]
 
 
 @settings(max_examples=200, deadline=None)
