@@ -32,7 +32,8 @@ def polling_tracker(
         reports.append((batch_id, outcome))
 
     return Tracker(
-        platform, RollingWindowLimiter(capacity, 60, clock=clock), on_terminal=on_terminal,
+        platform, RollingWindowLimiter(capacity, 60, clock=clock, sleep=clock.sleep),
+        on_terminal=on_terminal,
         submissions_waiting=lambda: waiting, blocking=lambda: blocking, poll_interval=5,
         clock=clock, expected_processing=1.0, min_poll_gap=0.05, sleep=clock.sleep,
     )  # fmt: skip
@@ -144,7 +145,9 @@ async def test_with_the_limiter_down_to_its_reserve_polls_leave_it_to_the_next_s
     due = t.next_poll_at()
     assert due is not None
     if blocking:
-        assert due == pytest.approx(clock.now + t.expected), "a record waits: its batch's time"
+        # a record waits: its batch's time, but the share is spent evenly even so
+        assert t.expected < t.share_gap()
+        assert due == pytest.approx(clock.now + t.share_gap()), "a share's gap after the last"
     else:
         assert due == pytest.approx(clock.now + 5.0), "poll_interval after the last poll"
 
@@ -152,8 +155,8 @@ async def test_with_the_limiter_down_to_its_reserve_polls_leave_it_to_the_next_s
 async def test_the_share_is_spread_over_the_window_so_every_batch_is_seen_soon_after_its_end() -> (
     None
 ):
-    """The demo's shape: a batch accepted every 0.75 s while submissions wait, each terminal
-    2 s later. Spent in a burst, the share left batches unseen for half a window."""
+    """A batch accepted every 0.75 s while submissions wait, each terminal 2 s later. Spent in
+    a burst, the share left batches unseen for half a window."""
     clock, reports = Clock(), Reports()
     platform = Platform()
     t = polling_tracker(platform, clock, reports, waiting=True, blocking=True, capacity=100)
@@ -184,6 +187,43 @@ async def test_the_share_is_spread_over_the_window_so_every_batch_is_seen_soon_a
     assert max(waits) <= 2.0 + 3.0 + 2 * step, "terminal, then seen within one share's gap"
     assert all(b - a >= 3.0 - 1e-6 for a, b in itertools.pairwise(polls)), "paced"
     assert all(sum(a <= p < a + 60 for p in polls) <= 20 for a in polls), "within the share"
+
+
+async def test_submissions_that_never_wait_but_fill_the_budget_leave_polls_their_share() -> None:
+    """`make demo`'s shape: six endpoints each closing a request every 5 s (72 a minute),
+    each terminal 2 s later; a submission finds its slot at once, so none waits when a poll
+    is due, but with the polls the window is at the limiter's reserve. Spare polls used to
+    count against the share, and once the reserve was reached the share was spent: no poll
+    for 22-26 s once a minute, every batch of that time unseen."""
+    clock, reports = Clock(), Reports()
+    platform = Platform()
+    t = polling_tracker(platform, clock, reports, waiting=False, blocking=True, capacity=100)
+    start = clock.now
+    accepted: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    step, n, refused = 0.05, 0, 0
+    while clock.now < start + 240:
+        if clock.now >= start + (n // 6) * 5.0:
+            for _ in range(6):
+                t.track(f"b{n}", batch(f"x{n}"), frozenset())
+                accepted[f"b{n}"] = clock.now
+                refused += not t.limiter.try_acquire()
+                n += 1
+        for batch_id, at in accepted.items():
+            done = clock.now - at >= 2.0
+            platform.listed[batch_id] = {"Completed": 1} if done else {"InProgress": 1}
+        due = t.next_poll_at()
+        if due is not None and due <= clock.now:
+            await t.poll_once()
+            for batch_id, _ in reports:
+                seen.setdefault(batch_id, clock.now)
+                platform.listed.pop(batch_id, None)
+                accepted.pop(batch_id, None)
+        clock.now += step
+    waits = [seen[b] - (start + (int(b[1:]) // 6) * 5.0) for b in seen]
+    assert len(waits) > 270
+    assert max(waits) <= 2.0 + t.share_gap() + 2 * step, "terminal, then seen within a gap"
+    assert refused == 0, "and every submission still found its slot"
 
 
 async def test_while_submissions_wait_a_held_record_makes_the_poll_due_at_once() -> None:

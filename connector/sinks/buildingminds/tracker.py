@@ -31,14 +31,17 @@ age, whichever is longer, and never later than `poll_interval` (the old clock, n
 longest gap).
 
 Budget: polls take their slots from the same rolling-window limiter as submissions. While
-submissions wait (`submissions_waiting()`), polls may use at most `max_poll_share` of the
-window, spread evenly over it: a poll request starts no sooner than one share's gap (the
-window divided by the share's slots) after the last one started, so the share is not spent
-in a burst that leaves every batch accepted after it unseen until the window has passed
-(seen: 20 polls in 25 s, then none for 35 s, and batches terminal for 30 s while their IDs and
-their partitions' commits waited). When the limiter has no more than `reserve` slots left,
-polls are made only when a pending record waits for a tracked batch (`blocking()`) or
-`poll_interval` has passed since the last, whether or not a submission waits at that moment:
+submissions wait (`submissions_waiting()`) or the limiter is down to its `reserve`, polls may
+use at most `max_poll_share` of the window, spread evenly over it: a poll request starts no
+sooner than one share's gap (the window divided by the share's slots) after the last one
+started, so the share is not spent in a burst that leaves every batch accepted after it
+unseen until the window has passed (seen: 20 polls in 25 s, then none for 35 s, and batches
+terminal for 30 s while their IDs and their partitions' commits waited; and in `make demo`,
+where submissions rarely wait at the instant a poll is due but use three quarters of the
+budget, polls stopped for 22-26 s once a minute). When the limiter has no more than
+`reserve` slots left, polls are made only when a pending record waits for a tracked batch
+(`blocking()`) or `poll_interval` has passed since the last, whether or not a submission
+waits at that moment:
 the next one will need the slot (seen right after a start, while the limiter assumed its
 predecessor's window used: a poll in every other slot, each submission 0.2 s late, the
 latency p99 up by 160 ms). Otherwise polls may use whatever is spare, keeping `reserve` slots
@@ -168,7 +171,7 @@ class Tracker:
         self._tracked: dict[str, _Tracked] = {}
         # batches being sent again after a loss, by identity: their count, for the next track
         self._resubmitting: dict[int, tuple[Batch, int]] = {}
-        self._polls: deque[float] = deque()  # start times of recent polls, for the share
+        self._polls: deque[float] = deque()  # start times of recent polls of the share
         self._wake = anyio.Event()
         self.blocking = blocking or (lambda: False)
         self.min_poll_gap = min_poll_gap
@@ -207,8 +210,8 @@ class Tracker:
             return None
         due = min(t.next_look for t in self._tracked.values())
         earliest = self._last_poll + self.min_poll_gap
-        if self.submissions_waiting():
-            # polls share the window with waiting submissions: one share's gap apart
+        if self.submissions_waiting() or self._scarce():
+            # polls share the window with submissions that wait or will: a share's gap apart
             earliest = max(earliest, self._last_request + self.share_gap())
         if self._scarce() and not self.blocking():
             # the next submission needs the few slots left and no record waits for a status:
@@ -267,19 +270,21 @@ class Tracker:
             while self._polls and self._polls[0] + window <= now:
                 self._polls.popleft()
             waiting = self.submissions_waiting()
-            if waiting and (wait := self._last_request + self.share_gap() - now) > 0:
-                # a round of several requests (pages, lookups): each one a share's gap apart
+            if not waiting and self.limiter.available() > reserve and self.limiter.try_acquire():
+                # spare: nothing waited for it, so it is not the share's (counted there, a
+                # burst of spare polls left none for the minute after, seen in `make demo`)
+                break
+            if (wait := self._last_request + self.share_gap() - now) > 0:
+                # the share is spent evenly; a round of several requests (pages, lookups)
+                # too: each one a share's gap apart
                 await self.sleep(min(wait, self.poll_interval))
                 continue
             if len(self._polls) < self._share_slots():
                 await self.limiter.acquire()
-                break
-            spare = self.limiter.available() > reserve
-            if not waiting and spare and self.limiter.try_acquire():
+                self._polls.append(self.clock())
                 break
             await self.sleep(min(self.poll_interval, 0.25))
-        self._polls.append(self.clock())
-        self._last_request = self._polls[-1]
+        self._last_request = self.clock()
 
     async def _call(self, func: Callable[[], Awaitable[Any]]) -> Any:
         """One poll request, within the budget; its outcome is counted."""
