@@ -152,39 +152,55 @@ async def test_with_the_limiter_down_to_its_reserve_polls_leave_it_to_the_next_s
         assert due == pytest.approx(clock.now + 5.0), "poll_interval after the last poll"
 
 
+class Feed:
+    """Batches accepted on a schedule, each terminal `processing` s later, and a poll whenever
+    the tracker says one is due: when each batch was seen terminal, and the polls' times."""
+
+    def __init__(self, t: Tracker, platform: Platform, reports: Reports, clock: Clock) -> None:
+        self.t, self.platform, self.reports, self.clock = t, platform, reports, clock
+        self.accepted: dict[str, float] = {}
+        self.waits: list[float] = []  # accepted -> seen terminal, per batch
+        self.polls: list[float] = []
+        self.refused = 0  # submissions that did not find a slot at once
+
+    def accept(self, n: int, *, take_slot: bool = False) -> None:
+        self.t.track(f"b{n}", batch(f"x{n}"), frozenset())
+        self.accepted[f"b{n}"] = self.clock.now
+        if take_slot:
+            self.refused += not self.t.limiter.try_acquire()
+
+    async def step(self, seconds: float, processing: float = 2.0) -> None:
+        now = self.clock.now
+        for batch_id, at in self.accepted.items():
+            done = now - at >= processing
+            self.platform.listed[batch_id] = {"Completed": 1} if done else {"InProgress": 1}
+        due = self.t.next_poll_at()
+        if due is not None and due <= now:
+            self.polls.append(now)
+            await self.t.poll_once()
+            for batch_id, _ in self.reports:
+                if batch_id in self.accepted:
+                    self.waits.append(self.clock.now - self.accepted.pop(batch_id))
+                    self.platform.listed.pop(batch_id, None)
+        self.clock.now += seconds
+
+
 async def test_the_share_is_spread_over_the_window_so_every_batch_is_seen_soon_after_its_end() -> (
     None
 ):
     """A batch accepted every 0.75 s while submissions wait, each terminal 2 s later. Spent in
     a burst, the share left batches unseen for half a window."""
-    clock, reports = Clock(), Reports()
-    platform = Platform()
+    clock, reports, platform = Clock(), Reports(), Platform()
     t = polling_tracker(platform, clock, reports, waiting=True, blocking=True, capacity=100)
-    start = clock.now
-    accepted: dict[str, float] = {}
-    seen: dict[str, float] = {}
-    polls: list[float] = []
-    step, n = 0.05, 0
+    feed, start, step, n = Feed(t, platform, reports, clock), clock.now, 0.05, 0
     while clock.now < start + 180:
         if clock.now >= start + n * 0.75:
-            t.track(f"b{n}", batch(f"x{n}"), frozenset())
-            accepted[f"b{n}"] = clock.now
+            feed.accept(n)
             n += 1
-        for batch_id, at in accepted.items():
-            done = clock.now - at >= 2.0
-            platform.listed[batch_id] = {"Completed": 1} if done else {"InProgress": 1}
-        due = t.next_poll_at()
-        if due is not None and due <= clock.now:
-            polls.append(clock.now)
-            await t.poll_once()
-            for batch_id, _ in reports:
-                seen.setdefault(batch_id, clock.now)
-                platform.listed.pop(batch_id, None)
-                accepted.pop(batch_id, None)
-        clock.now += step
-    waits = [seen[b] - (start + int(b[1:]) * 0.75) for b in seen]
-    assert len(waits) > 200
-    assert max(waits) <= 2.0 + 3.0 + 2 * step, "terminal, then seen within one share's gap"
+        await feed.step(step)
+    assert len(feed.waits) > 200
+    assert max(feed.waits) <= 2.0 + 3.0 + 2 * step, "terminal, then seen within one share's gap"
+    polls = feed.polls
     assert all(b - a >= 3.0 - 1e-6 for a, b in itertools.pairwise(polls)), "paced"
     assert all(sum(a <= p < a + 60 for p in polls) <= 20 for a in polls), "within the share"
 
@@ -195,35 +211,18 @@ async def test_submissions_that_never_wait_but_fill_the_budget_leave_polls_their
     is due, but with the polls the window is at the limiter's reserve. Spare polls used to
     count against the share, and once the reserve was reached the share was spent: no poll
     for 22-26 s once a minute, every batch of that time unseen."""
-    clock, reports = Clock(), Reports()
-    platform = Platform()
+    clock, reports, platform = Clock(), Reports(), Platform()
     t = polling_tracker(platform, clock, reports, waiting=False, blocking=True, capacity=100)
-    start = clock.now
-    accepted: dict[str, float] = {}
-    seen: dict[str, float] = {}
-    step, n, refused = 0.05, 0, 0
+    feed, start, step, n = Feed(t, platform, reports, clock), clock.now, 0.05, 0
     while clock.now < start + 240:
         if clock.now >= start + (n // 6) * 5.0:
             for _ in range(6):
-                t.track(f"b{n}", batch(f"x{n}"), frozenset())
-                accepted[f"b{n}"] = clock.now
-                refused += not t.limiter.try_acquire()
+                feed.accept(n, take_slot=True)
                 n += 1
-        for batch_id, at in accepted.items():
-            done = clock.now - at >= 2.0
-            platform.listed[batch_id] = {"Completed": 1} if done else {"InProgress": 1}
-        due = t.next_poll_at()
-        if due is not None and due <= clock.now:
-            await t.poll_once()
-            for batch_id, _ in reports:
-                seen.setdefault(batch_id, clock.now)
-                platform.listed.pop(batch_id, None)
-                accepted.pop(batch_id, None)
-        clock.now += step
-    waits = [seen[b] - (start + (int(b[1:]) // 6) * 5.0) for b in seen]
-    assert len(waits) > 270
-    assert max(waits) <= 2.0 + t.share_gap() + 2 * step, "terminal, then seen within a gap"
-    assert refused == 0, "and every submission still found its slot"
+        await feed.step(step)
+    assert len(feed.waits) > 270
+    assert max(feed.waits) <= 2.0 + t.share_gap() + 2 * step, "terminal, then seen within a gap"
+    assert feed.refused == 0, "and every submission still found its slot"
 
 
 async def test_while_submissions_wait_a_held_record_makes_the_poll_due_at_once() -> None:
