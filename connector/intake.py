@@ -275,7 +275,7 @@ class Intake:
 
     def _unfetched(self) -> bool:
         """Whether Kafka holds more than a request's worth of an assigned partition not taken
-        in yet, as of the last fetch's high watermark (more than one offset: a transactional
+        in yet, as of the last fetch's high watermark (not merely some: a transactional
         producer's commit markers are offsets too, and no record is ever taken in for them)."""
         enough = self.p.window.max_records
         for tp in self.consumer.assignment():

@@ -41,11 +41,11 @@ where submissions rarely wait at the instant a poll is due but use three quarter
 budget, polls stopped for 22-26 s once a minute). When the limiter has no more than
 `reserve` slots left, polls are made only when a pending record waits for a tracked batch
 (`blocking()`) or `poll_interval` has passed since the last, whether or not a submission
-waits at that moment:
-the next one will need the slot (seen right after a start, while the limiter assumed its
-predecessor's window used: a poll in every other slot, each submission 0.2 s late, the
-latency p99 up by 160 ms). Otherwise polls may use whatever is spare, keeping `reserve` slots
-free for the next submission (the latency promise).
+waits at that moment: the next one will need the slot (seen right after a start, while the
+limiter assumed its predecessor's window used: a poll in every other slot, each submission
+0.2 s late, the latency p99 up by 160 ms). Otherwise polls may use whatever is spare, keeping
+`reserve` slots free for the next submission (the latency promise); a spare poll is not
+counted against the share.
 
 Must not: finish a record itself. It reports each batch's outcome once to `on_terminal`, and
 the pipeline dead-letters and commits.
@@ -261,8 +261,8 @@ class Tracker:
 
     # ------------------------------------------------------------------ budget
     async def _take_slot(self) -> None:
-        """A limiter slot for one poll, within the share (and a share's gap after the last
-        poll request) while submissions wait."""
+        """A limiter slot for one poll: a spare one (no submission waits, more than the
+        reserve is free), else one of the share, a share's gap after the last poll request."""
         window = self.limiter.per_seconds
         reserve = self._reserve()
         while True:
