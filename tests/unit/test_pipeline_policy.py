@@ -14,10 +14,12 @@ from prometheus_client import CollectorRegistry
 from connector.app import Pipeline
 from connector.config import PipelineSettings, Settings
 from connector.deadletter import DeadLetterWriter
+from connector.errors import ServerError
 from connector.intake import PAUSED_LOOK_MS, Pressure, backpressure
 from connector.lifecycle import State
 from connector.metrics import Metrics
 from connector.offsets import TopicPartitionKey
+from connector.ratelimit import JitterGuard, RollingWindowLimiter, _Answered
 from tests.support.consumer import MemoryConsumer
 from tests.support.memory_sink import MemorySink, memory_sink
 from tests.support.pipeline import eventually
@@ -26,6 +28,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from aiokafka.structs import TopicPartition
+
+    from connector.sinks.base import SubmitResult
+    from connector.window import Batch
 
 pytestmark = pytest.mark.anyio
 
@@ -223,3 +228,37 @@ def test_the_window_is_told_when_more_than_a_request_waits_unfetched_in_kafka() 
     pipeline.offsets.track(key, 14)
     pipeline.intake._apply_backpressure()
     assert not pipeline.window.behind, "10 left: not more than a request's worth"
+
+
+class _FailsOnce(MemorySink):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error: Exception | None = error
+
+    async def submit(self, batch: Batch) -> SubmitResult:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        return await super().submit(batch)
+
+
+@pytest.mark.parametrize(
+    ("error", "answered"),
+    [(ServerError("503 from the API", status=503), True), (ServerError("reset"), False)],
+)
+async def test_a_failed_submission_the_platform_answered_frees_its_slot_from_the_answer(
+    error: Exception,
+    answered: bool,  # noqa: FBT001 - a parameter of the test
+) -> None:
+    """A status is an answer: if the platform counted the request, it did so before it (the
+    limiter's proof); a dropped connection says nothing, and the guard's model holds."""
+    consumer, sink = MemoryConsumer(TOPIC), _FailsOnce(error)
+    consumer.add(*_building(1))
+    sink.limiter = RollingWindowLimiter(10, 60, guard=JitterGuard(initial=3.0, ceiling=3.0))
+    pipeline = _pipeline(_settings(), consumer, sink)
+    async with anyio.create_task_group() as tg:
+        await tg.start(pipeline.run)
+        await _until(lambda: consumer.committed_positions() == {0: 1}, "sent on the retry")
+        pipeline.begin_drain()
+    starts = list(sink.limiter._starts)  # the proof is per start
+    assert [isinstance(s, _Answered) for s in starts] == [answered, True]

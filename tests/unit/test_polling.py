@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from connector.ratelimit import RollingWindowLimiter
+from connector.errors import ApiError, ServerError
+from connector.ratelimit import JitterGuard, RollingWindowLimiter
 from connector.sinks.buildingminds.tracker import Outcome, Tracker
 from tests.support.clock import FakeClock as Clock
 from tests.unit.test_tracker import Platform, Reports, batch
@@ -27,12 +28,13 @@ def polling_tracker(
     waiting: bool = False,
     blocking: bool = False,
     capacity: int = 100_000,
+    guard: JitterGuard | None = None,
 ) -> Tracker:
     async def on_terminal(_: Batch, batch_id: str, outcome: Outcome) -> None:
         reports.append((batch_id, outcome))
 
     return Tracker(
-        platform, RollingWindowLimiter(capacity, 60, clock=clock, sleep=clock.sleep),
+        platform, RollingWindowLimiter(capacity, 60, clock=clock, sleep=clock.sleep, guard=guard),
         on_terminal=on_terminal,
         submissions_waiting=lambda: waiting, blocking=lambda: blocking, poll_interval=5,
         clock=clock, expected_processing=1.0, min_poll_gap=0.05, sleep=clock.sleep,
@@ -262,3 +264,30 @@ async def test_a_batch_seen_terminal_before_its_time_settles_in_the_same_listing
     clock.now += 0.5
     await t.poll_once()
     assert sorted(b for b, _ in reports) == ["due", "young"], "one listing answers for all"
+
+
+class _Failing(Platform):
+    def __init__(self, error: ApiError) -> None:
+        super().__init__()
+        self.error = error
+
+    async def list_batches(self, **_: object) -> dict[str, object]:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "held_for"), [(ServerError("503", status=503), 60.02), (ServerError("reset"), 63.0)]
+)
+async def test_a_poll_answered_by_an_error_frees_its_slot_from_the_answer(
+    error: ApiError, held_for: float
+) -> None:
+    """A status is an answer, so the slot frees one window (plus the guard's floor) after it;
+    a dropped connection is no answer, and the slot is held for the guarded window."""
+    clock, reports = Clock(), Reports()
+    guard = JitterGuard(initial=3.0, ceiling=3.0, floor=0.02)
+    t = polling_tracker(_Failing(error), clock, reports, capacity=1, guard=guard)
+    t.track("b1", batch("x"), frozenset())
+    start = clock.now
+    with pytest.raises(ApiError):
+        await t.poll_once()
+    assert t.limiter.wait_time() == pytest.approx(start + held_for - clock.now)
